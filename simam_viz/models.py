@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
@@ -207,9 +206,8 @@ def build_model(
     if resnet_variant not in ("v1", "v1.5"):
         raise ValueError(f"resnet_variant must be 'v1' or 'v1.5', got {resnet_variant!r}")
     spec = ARCHS[arch]
-    model = ResNet50(
-        num_classes=num_classes, width=width, replace_stride_with_dilation=(False, False, dilate_last)
-    )
+    dilation = (False, False, dilate_last)
+    model = ResNet50(num_classes=num_classes, width=width, replace_stride_with_dilation=dilation)
     opts: dict[str, Any] = {
         "simam_lambda": simam_lambda,
         "se_reduced": se_reduced,

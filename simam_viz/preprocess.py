@@ -78,7 +78,8 @@ class Preprocessing:
         """The resized, centre-cropped RGB image the model sees (for overlays), un-normalised."""
         from torchvision.transforms import functional as tf
 
-        resized = tf.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation))
+        mode = InterpolationMode(self.interpolation)
+        resized = tf.resize(image, [self.resize], interpolation=mode)
         return tf.center_crop(resized, [self.crop])
 
 

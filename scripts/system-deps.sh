@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite needs, only those missing. Needs root (CI is root);
+# without it, prints what to install and the tests that need them skip with that reason.
+set -euo pipefail
+need=()
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: please install: ${need[*]} (apt-get install ${need[*]})" >&2
+  exit 0
+fi
+apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
