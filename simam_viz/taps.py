@@ -1,0 +1,130 @@
+"""Attention taps: where in a bottleneck each map comes from, and hooks that record it.
+
+A *tap* is a submodule whose output the analysis needs: the bottleneck's output, the features
+entering and leaving the attention module, SimAM's 3-D weights (the output of its ``sigmoid``
+child) and the channel weights of SE/ECA/CBAM. :class:`Recorder` hooks all taps of the requested
+blocks for ONE forward and ONE backward pass, keeps activations and their gradients, and always
+removes its hooks, so a shared model is left exactly as it was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from simam_viz.attention import CBAM, ECA, SE, SimAM
+from simam_viz.models import attention_module
+
+__all__ = ["Recorder", "Tap", "channel_gate", "taps_for_block", "wheres_for_block"]
+
+WHERES = ("output", "before", "after", "attention")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One activation to record: ``(block, where)`` and the module whose output it is."""
+
+    block: str
+    where: str
+    module: nn.Module
+
+
+def channel_gate(module: nn.Module | None) -> nn.Module | None:
+    """The child whose output is the per-channel weight vector (excitation, gate), if any."""
+    if isinstance(module, SE):
+        return module.fc[3]
+    if isinstance(module, ECA):
+        return module.sigmoid
+    if isinstance(module, CBAM):
+        return module.ChannelGate.sigmoid
+    return None
+
+
+def taps_for_block(model: nn.Module, block: str) -> list[Tap]:
+    """Every map-producing tap of one bottleneck, in the order of :data:`WHERES`."""
+    bottleneck = model.get_submodule(block)
+    taps = [Tap(block, "output", bottleneck)]
+    module = attention_module(model, block)
+    if module is None:
+        return taps
+    site = bottleneck.conv2 if isinstance(module, SimAM) else bottleneck.bn3
+    taps += [Tap(block, "before", site[0]), Tap(block, "after", module)]
+    if isinstance(module, SimAM):
+        taps.append(Tap(block, "attention", module.sigmoid))
+    return taps
+
+
+def wheres_for_block(model: nn.Module, block: str) -> tuple[str, ...]:
+    """Which ``where`` values :meth:`Analysis.cam` accepts for this block."""
+    return tuple(t.where for t in taps_for_block(model, block))
+
+
+@dataclass
+class Recorder:
+    """Context manager recording tap activations, their gradients and channel gates.
+
+    The forward hook stores the output and returns a clone so that in-place operations further
+    down (``out += identity`` after ``bn3``, in-place ReLU) cannot overwrite what was recorded;
+    the clone is numerically the same tensor, so logits are unchanged.
+    """
+
+    taps: list[Tap]
+    gates: dict[str, nn.Module] = field(default_factory=dict)
+    activations: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    gradients: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    gate_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    _handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+
+    @classmethod
+    def for_blocks(cls, model: nn.Module, blocks: Iterable[str]) -> Recorder:
+        taps: list[Tap] = []
+        gates: dict[str, nn.Module] = {}
+        for block in blocks:
+            taps += taps_for_block(model, block)
+            gate = channel_gate(attention_module(model, block))
+            if gate is not None:
+                gates[block] = gate
+        return cls(taps, gates)
+
+    def __enter__(self) -> Recorder:
+        try:
+            for tap in self.taps:
+                self._handles.append(tap.module.register_forward_hook(self._capture(tap)))
+            for block, gate in self.gates.items():
+                self._handles.append(gate.register_forward_hook(self._capture_gate(block)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook this recorder registered (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _capture(self, tap: Tap):
+        key = (tap.block, tap.where)
+
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+            self.activations[key] = output.detach().clone()
+            if output.requires_grad:
+
+                def store(grad: torch.Tensor) -> None:
+                    self.gradients[key] = grad.detach().clone()
+
+                output.register_hook(store)
+            return output.clone()
+
+        return hook
+
+    def _capture_gate(self, block: str):
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            self.gate_values[block] = output.detach().reshape(output.shape[0], -1).clone()
+
+        return hook
