@@ -122,3 +122,22 @@ def test_se_eca_cbam_match_independent_formulas() -> None:
     z = (z - sp.bn.running_mean) / torch.sqrt(sp.bn.running_var + sp.bn.eps) * sp.bn.weight
     z = z + sp.bn.bias
     torch.testing.assert_close(cbam(x), xc * torch.sigmoid(z))
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 56, 56), (4, 16, 7, 7), (2, 3, 1, 2)])
+def test_inference_path_matches_autograd_path(shape: tuple[int, ...]) -> None:
+    """The in-place no-grad path gives the same numbers and intact hooked weights."""
+    x = torch.randn(shape) * 3 + 1
+    x_before = x.numpy().copy()
+    module = SimAM(0.1)
+    expected, expected_w = simam_numpy(x.double().numpy(), 0.1)
+    with torch.inference_mode():
+        fast = module(x)
+    np.testing.assert_allclose(fast.numpy(), expected, rtol=1e-5, atol=1e-5)
+    seen = {}
+    module.sigmoid.register_forward_hook(lambda m, i, o: seen.setdefault("w", o))
+    with torch.no_grad():
+        hooked = module(x)
+    np.testing.assert_allclose(hooked.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(seen["w"].numpy(), expected_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x.numpy(), x_before)  # input untouched
