@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simam_viz.devices import prepare_model
 from simam_viz.errors import CheckpointError
 from simam_viz.models import ARCHS, STAGE_BLOCKS, ModelInfo, build_model
 from simam_viz.preprocess import Preprocessing, imagenet_classes
@@ -355,7 +356,7 @@ def load_model(
     info.sha256 = file_sha256(path)
     if sidecar is not None:
         info.extra["provenance"] = sidecar.get("provenance", {})
-    return model.to(device).eval()
+    return prepare_model(model, torch.device(device))
 
 
 def file_sha256(path: str | Path) -> str:
