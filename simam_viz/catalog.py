@@ -1,0 +1,118 @@
+"""Which checkpoints a user can pick: demo models, official files present, user files.
+
+The app and the CLI both offer "the models you have" and accept a name or a path; this module
+answers both, with each model's label (arch, source, top-1 where known) and the preprocessing
+the registry records for official files. User paths must stay inside the checkpoints folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from simam_viz.checkpoints import CheckpointIdentity, identify_checkpoint
+from simam_viz.errors import CheckpointError
+from simam_viz.models import ARCHS
+from simam_viz.preprocess import Preprocessing
+from simam_viz.registry import RegistryEntry, checkpoints_dir, find_present, load_registry
+
+__all__ = ["CHECKPOINT_SUFFIXES", "CatalogItem", "available", "resolve"]
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".safetensors")
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """A checkpoint the user can choose, with what the UI shows about it."""
+
+    key: str  # stable id: "demo/simam_resnet50", "official/<name>", "file/<relative path>"
+    path: Path
+    arch: str
+    source: str  # "demo", "official" or "user file"
+    top1: float | None = None
+    preprocessing: Preprocessing | None = None
+    entry: RegistryEntry | None = None
+
+    @property
+    def label(self) -> str:
+        top1 = f", top-1 {self.top1:.2f}%" if self.top1 is not None else ""
+        title = self.entry.title if self.entry else ARCHS[self.arch].title
+        return f"{title} [{self.source}{top1}]"
+
+
+def _is_checkpoint(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and name.endswith(CHECKPOINT_SUFFIXES) and not name.startswith(".")
+
+
+def _demo_items(folder: Path) -> list[CatalogItem]:
+    import json
+
+    items = []
+    for path in sorted((folder / "demo").glob("*.safetensors")):
+        sidecar = path.with_suffix(".json")
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        accuracy = meta.get("provenance", {}).get("test_top1")
+        items.append(CatalogItem(f"demo/{path.stem}", path, str(meta.get("arch")), "demo",
+                                 accuracy))
+    return items
+
+
+def available(folder: str | Path | None = None) -> list[CatalogItem]:
+    """Every loadable-looking checkpoint: demo set first, then official, then user files."""
+    folder = Path(folder) if folder is not None else checkpoints_dir()
+    items = _demo_items(folder)
+    seen = {item.path.resolve() for item in items}
+    for entry in load_registry().values():
+        path = find_present(entry, folder)
+        if path is not None:
+            items.append(CatalogItem(f"official/{entry.name}", path, entry.arch, "official",
+                                     entry.top1, entry.preprocessing, entry))
+            seen.add(path.resolve())
+    for path in sorted(folder.rglob("*")):
+        if not _is_checkpoint(path) or path.resolve() in seen or path.name == "registry.json":
+            continue
+        if path.parent.name == "demo" and path.suffix == ".safetensors":
+            continue
+        try:
+            ident: CheckpointIdentity = identify_checkpoint(path)
+        except CheckpointError:
+            continue
+        rel = path.relative_to(folder).as_posix()
+        items.append(CatalogItem(f"file/{rel}", path, ident.arch, "user file"))
+    return items
+
+
+def resolve(spec: str, folder: str | Path | None = None) -> CatalogItem:
+    """A catalog item from a key (``demo/...``), a registry name, a bare demo name or a path."""
+    folder = Path(folder) if folder is not None else checkpoints_dir()
+    items = available(folder)
+    for item in items:
+        short = item.key.split("/", 1)[1]
+        if spec in (item.key, short):
+            return item
+    path = Path(spec)
+    if path.is_file():
+        ident = identify_checkpoint(path)
+        return CatalogItem(f"file/{path.name}", path, ident.arch, "user file")
+    known = ", ".join(i.key for i in items) or "none (run `simam-viz list`)"
+    raise CheckpointError(f"unknown checkpoint {spec!r}; available: {known}")
+
+
+def load(item: CatalogItem, device: str = "cpu"):
+    """Load a catalog item with the preprocessing its registry entry records."""
+    from simam_viz.checkpoints import load_model
+
+    return load_model(item.path, device=device, preprocessing=item.preprocessing, name=item.label)
+
+
+def safe_user_path(name: str, folder: str | Path | None = None) -> Path:
+    """Resolve a user-supplied file name inside the checkpoints folder (no escapes)."""
+    folder = (Path(folder) if folder is not None else checkpoints_dir()).resolve()
+    path = (folder / name).resolve()
+    if folder not in path.parents or not path.name.endswith(CHECKPOINT_SUFFIXES):
+        raise CheckpointError(f"{name!r} is not a checkpoint file inside {folder}")
+    return path

@@ -1,0 +1,197 @@
+"""``simam-viz``: the command-line shell over the package.
+
+Each subcommand is one (name, help, add_arguments, run) row in :data:`COMMANDS`. Usage and
+input errors end with exit status 2 and a single ``error: ...`` line on stderr, never a
+traceback; batch commands report and skip bad items and say so in their exit status (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from simam_viz.errors import SimamVizError
+
+__all__ = ["COMMANDS", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---- list / fetch ---------------------------------------------------------------------------
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir",
+                   help="checkpoints folder (default: $SIMAM_VIZ_CHECKPOINTS or checkpoints/)")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simam_viz.catalog import available
+    from simam_viz.registry import checkpoints_dir, find_present, load_registry, verify_file
+
+    folder = Path(args.dir) if args.dir else checkpoints_dir()
+    print(f"Official checkpoints (registry; folder {folder}):")
+    rows = [("name", "arch", "top-1", "licence", "redistributable", "status")]
+    for entry in load_registry().values():
+        path = find_present(entry, folder)
+        status = "missing" if path is None else f"present, {verify_file(entry, path)} ({path.name})"
+        top1 = f"{entry.top1:.2f}" if entry.top1 is not None else "-"
+        rows.append((entry.name, entry.arch, top1, entry.licence,
+                     "yes" if entry.redistributable else "no", status))
+    _print_table(rows)
+    others = [i for i in available(folder) if i.source != "official"]
+    print("\nOther checkpoints in the folder:")
+    if not others:
+        print("  none")
+    for item in others:
+        print(f"  {item.key:40s} {item.arch:16s} {item.source:10s} {item.path}")
+    return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _fetch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME", help="registry names (see `list`)")
+    p.add_argument("--all", action="store_true", help="every registered checkpoint")
+    p.add_argument("--dir", help="destination folder (default: checkpoints/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simam_viz.fetch import fetch
+    from simam_viz.registry import checkpoints_dir, load_registry
+
+    registry = load_registry()
+    names = list(registry) if args.all else args.names
+    if not names:
+        raise SimamVizError(f"name a checkpoint or use --all; known: {', '.join(registry)}")
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise SimamVizError(f"unknown checkpoint {unknown[0]!r}; known: {', '.join(registry)}")
+    folder = Path(args.dir) if args.dir else checkpoints_dir()
+    failed = 0
+    for name in names:
+        try:
+            path = fetch(registry[name], folder, progress=not args.quiet)
+            print(f"{name}: {path}")
+        except SimamVizError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    return 0 if not failed else (2 if failed == len(names) else 1)
+
+
+# ---- predict --------------------------------------------------------------------------------
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint keys, registry names or paths (default: the demo set)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+
+
+def _load_models(args: argparse.Namespace) -> list:
+    from simam_viz.catalog import available, load, resolve
+    from simam_viz.devices import resolve_device
+
+    device = resolve_device(args.device)
+    if args.checkpoints:
+        items = [resolve(spec) for spec in args.checkpoints]
+    else:
+        items = [i for i in available() if i.source == "demo"]
+        if not items:
+            raise SimamVizError("no demo checkpoints in checkpoints/demo; pass --checkpoints")
+    return [load(item, str(device)) for item in items]
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    _model_args(p)
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from simam_viz.analysis import model_lock
+    from simam_viz.images import load_image
+
+    models = _load_models(args)
+    skipped = 0
+    for image_path in args.images:
+        try:
+            image = load_image(image_path)
+        except SimamVizError as exc:
+            print(f"error: {image_path}: {exc}", file=sys.stderr)
+            skipped += 1
+            continue
+        print(image_path)
+        for model in models:
+            info = model.simam_viz
+            x = info.preprocessing(image).to(next(model.parameters()).device)
+            with model_lock(model), torch.inference_mode():
+                probs = torch.softmax(model(x)[0].float(), 0)
+            top = torch.topk(probs, min(args.top, probs.numel()))
+            preds = ", ".join(f"{info.class_names[i]} {p:.1%}"
+                              for p, i in zip(top.values.tolist(), top.indices.tolist(),
+                                              strict=True))
+            print(f"  {info.name}: {preds}")
+    return 1 if skipped else 0
+
+
+COMMANDS: list[Command] = [
+    Command("list", "show known and present checkpoints", _list_args, _list),
+    Command("fetch", "download official checkpoints (hash-verified)", _fetch_args, _fetch),
+    Command("predict", "top classes of each model for images", _predict_args, _predict),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="simam-viz", description="See what SimAM attention does in ResNet-50.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``simam-viz`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except SimamVizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

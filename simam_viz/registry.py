@@ -1,0 +1,126 @@
+"""The registry of official checkpoints (``checkpoints/registry.json``) and what is present.
+
+The registry is data, not code: name, architecture, URLs, published hash, preprocessing,
+lambda, top-1, licence and whether the weights may be redistributed. Files live in the
+checkpoints folder (``SIMAM_VIZ_CHECKPOINTS`` overrides it); a file a user drops in by hand is
+found under its registered name or any of its candidate names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simam_viz.checkpoints import file_sha256
+from simam_viz.errors import SimamVizError
+from simam_viz.models import ARCHS
+from simam_viz.preprocess import Preprocessing
+
+__all__ = [
+    "RegistryEntry",
+    "checkpoints_dir",
+    "find_present",
+    "load_registry",
+    "verify_file",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REGISTRY_PATH = REPO_ROOT / "checkpoints" / "registry.json"
+SOURCES = ("http", "gdrive_file", "gdrive_folder")
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One official checkpoint and everything needed to fetch, verify and use it."""
+
+    name: str
+    title: str
+    arch: str
+    resnet_variant: str
+    filename: str
+    source: str
+    urls: tuple[str, ...]
+    preprocessing: Preprocessing
+    top1: float | None
+    licence: str
+    redistributable: bool
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    simam_lambda: float | None = None
+    gdrive_id: str | None = None
+    candidates: tuple[str, ...] = field(default_factory=tuple)
+    mirror: str = ""
+    notes: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every file name under which this checkpoint is recognised in the folder."""
+        return tuple(dict.fromkeys((self.filename, *self.candidates)))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RegistryEntry:
+        data = dict(raw)
+        try:
+            data["urls"] = tuple(data.get("urls", ()))
+            data["candidates"] = tuple(data.get("candidates", ()))
+            data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
+            entry = cls(**data)
+        except (KeyError, TypeError, ValueError) as exc:
+            name = raw.get("name", "?")
+            raise SimamVizError(f"registry entry {name!r} is invalid: {exc}") from exc
+        if entry.arch not in ARCHS:
+            raise SimamVizError(f"registry entry {entry.name!r}: unknown arch {entry.arch!r}")
+        if entry.source not in SOURCES:
+            raise SimamVizError(f"registry entry {entry.name!r}: unknown source {entry.source!r}")
+        if entry.source != "http" and not entry.gdrive_id:
+            raise SimamVizError(f"registry entry {entry.name!r}: gdrive source without gdrive_id")
+        return entry
+
+
+def checkpoints_dir() -> Path:
+    """Where checkpoint files live: ``$SIMAM_VIZ_CHECKPOINTS`` or the repository's folder."""
+    return Path(os.environ.get("SIMAM_VIZ_CHECKPOINTS") or REPO_ROOT / "checkpoints")
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
+    """Entries by name, validated; a broken registry is one clear error, not a traceback."""
+    path = Path(path) if path is not None else REGISTRY_PATH
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SimamVizError(f"cannot read checkpoint registry {path}: {exc}") from exc
+    entries = [RegistryEntry.from_dict(e) for e in raw.get("entries", [])]
+    by_name = {e.name: e for e in entries}
+    if len(by_name) != len(entries):
+        raise SimamVizError(f"checkpoint registry {path} has duplicate names")
+    return by_name
+
+
+def find_present(entry: RegistryEntry, folder: str | Path | None = None) -> Path | None:
+    """The file of ``entry`` in ``folder`` (registered or candidate name), if any."""
+    folder = Path(folder) if folder is not None else checkpoints_dir()
+    for name in entry.names:
+        path = folder / name
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+    return None
+
+
+def hash_matches(entry: RegistryEntry, digest: str) -> bool | None:
+    """True/False against the published hash (full or URL prefix); None if none is published."""
+    if entry.sha256:
+        return digest == entry.sha256.lower()
+    if entry.sha256_prefix:
+        return digest.startswith(entry.sha256_prefix.lower())
+    return None
+
+
+def verify_file(entry: RegistryEntry, path: str | Path) -> str:
+    """``verified``, ``hash mismatch`` or ``no published hash`` for a present file."""
+    ok = hash_matches(entry, file_sha256(path))
+    if ok is None:
+        return "no published hash"
+    return "verified" if ok else "hash mismatch"
