@@ -34,6 +34,14 @@ class CatalogItem:
     entry: RegistryEntry | None = None
 
     @property
+    def short_name(self) -> str:
+        """Name used in figure titles and file names."""
+        if self.entry is not None:
+            return self.entry.title
+        title = ARCHS[self.arch].title
+        return f"{title} demo" if self.source == "demo" else f"{title} ({self.path.name})"
+
+    @property
     def label(self) -> str:
         top1 = f", top-1 {self.top1:.2f}%" if self.top1 is not None else ""
         title = self.entry.title if self.entry else ARCHS[self.arch].title
@@ -106,7 +114,9 @@ def load(item: CatalogItem, device: str = "cpu"):
     """Load a catalog item with the preprocessing its registry entry records."""
     from simam_viz.checkpoints import load_model
 
-    return load_model(item.path, device=device, preprocessing=item.preprocessing, name=item.label)
+    return load_model(
+        item.path, device=device, preprocessing=item.preprocessing, name=item.short_name
+    )
 
 
 def safe_user_path(name: str, folder: str | Path | None = None) -> Path:

@@ -163,10 +163,94 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+# ---- figure ---------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+def _figure_args(p: argparse.ArgumentParser) -> None:
+    from simam_viz.cam_methods import METHODS
+
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--figure", nargs="+", default=["all"],
+                   choices=["1", "6", "channels", "depth", "all"], help="which figures")
+    _model_args(p)
+    p.add_argument("--block", default="layer4.2", help="bottleneck, e.g. layer4.2 (default)")
+    p.add_argument("--target", help="class index or name (default: each model's top-1)")
+    p.add_argument("--method", default="gradcam", choices=list(METHODS))
+    p.add_argument("--lambda", dest="simam_lambda", type=float, help="SimAM lambda override")
+    p.add_argument("--dpi", type=int, default=300)
+    p.add_argument("--shared-scale", action="store_true", help="one colour scale per row")
+    p.add_argument("--npz", action="store_true", help="also write the raw arrays")
+
+
+def _expand(inputs: Sequence[str]) -> list[str]:
+    from pathlib import Path
+
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += [str(p) for p in found]
+        else:
+            paths.append(item)
+    return paths
+
+
+def _figure(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from simam_viz.analysis import resolve_target
+    from simam_viz.export import FIGURES, ExportRequest, analyze_all, slug, write_exports
+    from simam_viz.images import image_sha256, load_image
+    from simam_viz.models import BLOCKS
+
+    if args.block not in BLOCKS:
+        raise SimamVizError(f"unknown block {args.block!r}; expected layer1.0 ... layer4.2")
+    if not 30 <= args.dpi <= 1200:
+        raise SimamVizError(f"--dpi must be between 30 and 1200, got {args.dpi}")
+    if args.simam_lambda is not None and not args.simam_lambda > 0:
+        raise SimamVizError(f"--lambda must be positive, got {args.simam_lambda}")
+    models = _load_models(args)
+    for model in models:  # a bad target is a usage error, found before any work
+        resolve_target(args.target, model.simam_viz.class_names)
+    chosen = FIGURES if "all" in args.figure else tuple(dict.fromkeys(args.figure))
+    request = ExportRequest(figures=chosen, block=args.block, target=args.target,
+                            method=args.method, simam_lambda=args.simam_lambda, dpi=args.dpi,
+                            shared_scale=args.shared_scale)
+    out = Path(args.out)
+    paths = _expand(args.inputs)
+    if not paths:
+        raise SimamVizError("no images found in the given folders")
+    skipped, written = 0, 0
+    for path in tqdm(paths, unit="image", disable=len(paths) < 2):
+        try:
+            data = Path(path).read_bytes() if Path(path).is_file() else b""
+            if not data and not Path(path).is_file():
+                raise SimamVizError("no such file")
+            image = load_image(data)
+            results = analyze_all(models, image, request)
+        except SimamVizError as exc:
+            tqdm.write(f"error: {path}: {exc} (skipped)", file=sys.stderr)
+            skipped += 1
+            continue
+        files = write_exports(results, models, request, out, slug(Path(path).stem),
+                              image_sha256(data), npz=args.npz)
+        written += len(files)
+    print(f"wrote {written} files to {out}" + (f"; skipped {skipped} image(s)" if skipped else ""))
+    return 1 if skipped else 0
+
+
 COMMANDS: list[Command] = [
     Command("list", "show known and present checkpoints", _list_args, _list),
     Command("fetch", "download official checkpoints (hash-verified)", _fetch_args, _fetch),
     Command("predict", "top classes of each model for images", _predict_args, _predict),
+    Command("figure", "export Figure 1/6, channel and depth figures for images",
+            _figure_args, _figure),
 ]
 
 

@@ -1,0 +1,104 @@
+"""The batch CLI: golden PNG sizes, manifest fields, bad images skipped and reported."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simam_viz import build_model, cli, save_checkpoint
+from simam_viz.figures import CBAR, LABEL, PANEL, TOP
+from simam_viz.preprocess import Preprocessing
+
+CLASSES = ["cat", "dog", "car"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpts")
+    for seed, arch in enumerate(("resnet50", "se_resnet50", "simam_resnet50")):
+        torch.manual_seed(seed)
+        model = build_model(arch, num_classes=3, width=0.125)
+        save_checkpoint(model, folder / "demo" / arch, class_names=CLASSES,
+                        preprocessing=Preprocessing(resize=72, crop=64),
+                        provenance={"test_top1": 33.3})
+    return folder
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    (folder / "notes.txt").write_text("ignored")
+    return folder
+
+
+def _size(path: Path) -> tuple[int, int]:
+    return Image.open(io.BytesIO(path.read_bytes())).size
+
+
+def test_figure_batch(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo_dir))
+    out = tmp_path / "out"
+    code = cli.main(["figure", str(images), "--out", str(out), "--dpi", "40", "--npz",
+                     "--target", "dog", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1  # something was skipped
+    assert "broken.png" in captured.err and captured.err.count("error:") == 1
+    names = sorted(p.name for p in out.iterdir())
+    for stem in ("a", "b"):
+        assert f"{stem}_figure1.png" in names and f"{stem}_figure1.json" in names
+        assert f"{stem}_figure6_SimAM-ResNet-50-demo.png" in names
+        assert f"{stem}_channels_SimAM-ResNet-50-demo.png" in names
+        assert f"{stem}_depth_ResNet-50-demo.png" in names
+    assert not any(n.startswith("broken") for n in names)
+    h = round((PANEL + LABEL + TOP) * 40)
+    assert _size(out / "a_figure1.png") == (round(4 * PANEL * 40), h)
+    assert _size(out / "a_figure6_SimAM-ResNet-50-demo.png") == (round((4 * PANEL + CBAR) * 40), h)
+    manifest = json.loads((out / "a_figure1.json").read_text())
+    assert len(manifest["image_sha256"]) == 64 and manifest["block"] == "layer4.2"
+    assert manifest["method"] == "gradcam" and manifest["request"]["dpi"] == 40
+    assert [m["target_name"] for m in manifest["models"]] == ["dog"] * 3
+    assert all(len(m["checkpoint_sha256"]) == 64 for m in manifest["models"])
+    simam = next(m for m in manifest["models"] if m["arch"] == "simam_resnet50")
+    assert simam["lambda"] == 0.1 and "torch" in manifest["versions"]
+    arrays = np.load(out / "a_SimAM-ResNet-50-demo.npz")
+    assert arrays["cam__layer4.2__attention"].shape == (64, 64)
+    assert arrays["attention__layer4.2"].shape[0] == 64  # conv2 of layer4: 512 * 0.125
+
+
+def test_figure_usage_errors(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch,
+                             capsys) -> None:
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo_dir))
+    for extra, message in [
+        (["--target", "7"], "out of range"),
+        (["--target", "zebra"], "unknown class"),
+        (["--block", "layer9.0"], "unknown block"),
+        (["--dpi", "5"], "--dpi"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
+         "device"),
+        (["--checkpoints", "nope"], "unknown checkpoint"),
+    ]:
+        code = cli.main(["figure", str(images), "--out", str(tmp_path / "o"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error:") and message in err, (extra, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict(demo_dir: Path, images: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo_dir))
+    code = cli.main(["predict", str(images / "a.png"), str(images / "broken.png"), "--top", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "broken.png" in err
+    lines = [x for x in out.splitlines() if x.startswith("  ")]
+    assert len(lines) == 3 and all(x.count("%") == 2 for x in lines)
