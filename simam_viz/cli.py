@@ -245,12 +245,111 @@ def _figure(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+# ---- scenes / train --------------------------------------------------------------------------
+
+
+def _scenes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output folder (ImageFolder layout + masks/ + meta.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--train", type=int, default=6000)
+    p.add_argument("--val", type=int, default=480)
+    p.add_argument("--test", type=int, default=600)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gallery", help="also write example images for the app to this folder")
+
+
+def _scenes(args: argparse.Namespace) -> int:
+    from simam_viz.scenes import gallery_examples, generate_dataset
+
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    if min(counts.values()) < 0 or args.size < 32:
+        raise SimamVizError("counts must be >= 0 and --size >= 32")
+    out = generate_dataset(args.out, seed=args.seed, counts=counts, size=args.size,
+                           workers=args.workers)
+    print(f"wrote {sum(counts.values())} scenes to {out}")
+    if args.gallery:
+        print(f"wrote {len(gallery_examples(args.gallery, seed=args.seed))} gallery images")
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from simam_viz.models import ARCHS
+
+    p.add_argument("--data", required=True, help="ImageFolder root with train/ (val/, test/)")
+    p.add_argument("--out", required=True, help="where checkpoints are written")
+    p.add_argument("--archs", nargs="+", default=["resnet50", "se_resnet50", "simam_resnet50"],
+                   choices=list(ARCHS))
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--no-dilate-last", action="store_true",
+                   help="keep layer4 at stride 32 (default: dilated, maps twice as fine)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lambda", dest="simam_lambda", type=float, default=0.1)
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch saved")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from simam_viz.devices import resolve_device
+    from simam_viz.training import TrainConfig, train
+
+    device = resolve_device(args.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = resolve_device(f"cuda:{os.environ['LOCAL_RANK']}")
+    cfg = TrainConfig(data=args.data, out=args.out, archs=tuple(args.archs), width=args.width,
+                      size=args.size, dilate_last=not args.no_dilate_last, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      simam_lambda=args.simam_lambda, max_steps=args.max_steps,
+                      device=str(device), resume=args.resume)
+    for arch, path in train(cfg).items():
+        print(f"{arch}: {path}")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    from simam_viz.cam_methods import METHODS
+
+    p.add_argument("--data", required=True, help="ImageFolder root with masks/ or boxes.json")
+    p.add_argument("--split", default="test")
+    _model_args(p)
+    p.add_argument("--methods", nargs="+", default=["gradcam"], choices=list(METHODS))
+    p.add_argument("--block", default="layer4.2")
+    p.add_argument("--limit", type=int, help="evaluate an even subset of this many images")
+    p.add_argument("--csv", help="write the table as CSV here")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from simam_viz.evaluation import evaluate, format_table, write_csv
+    from simam_viz.models import BLOCKS
+
+    if args.block not in BLOCKS:
+        raise SimamVizError(f"unknown block {args.block!r}; expected layer1.0 ... layer4.2")
+    rows = evaluate(_load_models(args), args.data, split=args.split, methods=args.methods,
+                    block=args.block, limit=args.limit)
+    print(format_table(rows))
+    if args.csv:
+        print(f"wrote {write_csv(rows, args.csv)}")
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command("list", "show known and present checkpoints", _list_args, _list),
     Command("fetch", "download official checkpoints (hash-verified)", _fetch_args, _fetch),
     Command("predict", "top classes of each model for images", _predict_args, _predict),
     Command("figure", "export Figure 1/6, channel and depth figures for images",
             _figure_args, _figure),
+    Command("scenes", "generate the synthetic emoji scene dataset", _scenes_args, _scenes),
+    Command("train", "train ResNet-50 variants identically on an ImageFolder",
+            _train_args, _train),
+    Command("evaluate", "accuracy and Grad-CAM localization against masks or boxes",
+            _evaluate_args, _evaluate),
 ]
 
 
