@@ -182,7 +182,8 @@ def view_compare(results, opts: dict) -> None:
     res = [r for r, _ in results]
     maps = shared_maps(res, "layer4.2", "output", opts["shared"])
     cols = st.columns(len(res) + 1)
-    cols[0].image(res[0].image, caption="Input (as the models see it)", width="stretch")
+    cols[0].image(res[0].image, caption="Input (as the models see it)", width="stretch",
+                  output_format="PNG")
     for col, r, cam in zip(cols[1:], res, maps, strict=True):
         col.image(figures.overlay(r.image, cam, colormap=opts["colormap"], alpha=opts["alpha"]),
                   caption=f"{r.model_name} → {r.target_name}", width="stretch")

@@ -284,7 +284,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--no-dilate-last", action="store_true",
                    help="keep layer4 at stride 32 (default: dilated, maps twice as fine)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=28)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)

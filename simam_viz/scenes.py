@@ -30,7 +30,7 @@ __all__ = ["CLASSES", "FONT_PATH", "Scene", "SceneGenerator", "gallery_examples"
            "generate_dataset"]
 
 FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = {"train": 0, "val": 1, "test": 2, "gallery": 3}
 
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -65,6 +65,7 @@ class Scene:
     background: Image.Image
     object_layer: Image.Image  # full-size RGBA of the object alone, as pasted
     occluded: bool
+    scale: float  # the object's longest side before rotation, as a share of the image side
 
 
 @lru_cache(maxsize=1)
@@ -205,16 +206,16 @@ class SceneGenerator:
         glyph = CLASSES[name][int(rng.integers(len(CLASSES[name])))]
         canvas = (_photo_crop(rng, size) if rng.random() < self.photo_prob
                   else _texture(rng, size)).convert("RGBA")
-        if rng.random() < self.distractor_prob:
-            for _ in range(int(rng.integers(1, 3))):
-                other = CLASS_NAMES[(label + int(rng.integers(1, len(CLASS_NAMES))))
-                                    % len(CLASS_NAMES)]
-                char = CLASSES[other][int(rng.integers(len(CLASSES[other])))]
-                side = int(rng.uniform(0.12, 0.3) * size)
-                obj, pos = _place(_glyph(char, self.font_path), rng, side, size, 0.3)
-                canvas.alpha_composite(obj, pos)
-        background = canvas.convert("RGB")
         side = int(rng.uniform(0.2, 0.8) * size)
+        if rng.random() < self.distractor_prob:
+            # one distractor, clearly smaller than the object, so the label stays unambiguous
+            other = CLASS_NAMES[(label + int(rng.integers(1, len(CLASS_NAMES))))
+                                % len(CLASS_NAMES)]
+            char = CLASSES[other][int(rng.integers(len(CLASSES[other])))]
+            small = max(8, int(side * rng.uniform(0.3, 0.55)))
+            obj, pos = _place(_glyph(char, self.font_path), rng, small, size, 0.3)
+            canvas.alpha_composite(obj, pos)
+        background = canvas.convert("RGB")
         obj, (x, y) = _place(_glyph(glyph, self.font_path), rng, side, size, 0.3)
         layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
         layer.alpha_composite(obj, (x, y))
@@ -230,7 +231,8 @@ class SceneGenerator:
             canvas.paste(patch, (ox, oy))
             mask[oy : oy + oh, ox : ox + ow] = False
         return Scene(canvas.convert("RGB"), mask, label, name, glyph,
-                     (x, y, x + obj.width, y + obj.height), background, layer, occluded)
+                     (x, y, x + obj.width, y + obj.height), background, layer, occluded,
+                     side / size)
 
     def meta(self, counts: dict[str, int]) -> dict:
         return {

@@ -45,7 +45,7 @@ class TrainConfig:
     width: float = 0.25
     size: int = 128
     dilate_last: bool = True
-    epochs: int = 12
+    epochs: int = 28
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
@@ -78,7 +78,8 @@ def _datasets(cfg: TrainConfig) -> tuple[datasets.ImageFolder, dict[str, dataset
         raise SimamVizError(f"{root}: expected an ImageFolder with train/ (and val/, test/)")
     prep = cfg.preprocessing()
     train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(cfg.size, scale=(0.6, 1.0), ratio=(0.8, 1.25)),
+        # mild crops only: a strong crop can cut a small object out and mislabel the sample
+        transforms.RandomResizedCrop(cfg.size, scale=(0.85, 1.0), ratio=(0.9, 1.1)),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(prep.mean, prep.std),

@@ -54,11 +54,8 @@ def test_balanced_classes_and_object_sizes() -> None:
     n = len(CLASS_NAMES) * 10
     labels = [gen.label_of("train", i) for i in range(n)]
     assert np.bincount(labels).tolist() == [10] * len(CLASS_NAMES)
-    sides = []
-    for i in range(48):
-        x0, y0, x1, y1 = gen.sample("train", i).bbox
-        sides.append(max(x1 - x0, y1 - y0) / 160)
-    assert min(sides) < 0.3 and max(sides) > 0.7
+    scales = [gen.sample("train", i).scale for i in range(96)]
+    assert 0.2 <= min(scales) < 0.3 and 0.7 < max(scales) <= 0.8
 
 
 def test_generate_dataset_is_an_image_folder(tmp_path) -> None:
