@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: install system-deps run test lint clean
+.PHONY: install system-deps run test lint clean demo-weights evaluate-demo
 
 install: $(STAMP)
 
@@ -27,6 +27,18 @@ lint: install
 
 test: install system-deps lint
 	$(PY) -m pytest -q
+
+# Reproduce checkpoints/demo/: generate the scenes, train the three variants identically
+# (same seed, data order, augmentation, schedule), evaluate, copy the weights in place.
+demo-weights: install system-deps
+	$(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 --gallery app/examples
+	$(VENV)/bin/simam-viz train --data build/scenes --out build/demo --epochs 28 --device cpu
+	bash scripts/install-demo-weights.sh build/demo checkpoints/demo
+
+# The localization study of README (test split, all three demo models).
+evaluate-demo: install
+	$(VENV)/bin/simam-viz evaluate --data build/scenes --split test \
+		--methods gradcam gradcam++ layercam --csv build/study.csv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
