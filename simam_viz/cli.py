@@ -11,9 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from simam_viz.errors import SimamVizError
+
+if TYPE_CHECKING:
+    from simam_viz.registry import RegistryEntry
 
 __all__ = ["COMMANDS", "main"]
 
@@ -42,35 +46,91 @@ def _list_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoints folder (default: $SIMAM_VIZ_CHECKPOINTS or checkpoints/)")
 
 
-def _list(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _identify(path: Path) -> str:
+    """Layout, arch, classes and variant of a file, or why it cannot be read (one line)."""
+    from simam_viz.checkpoints import identify_checkpoint  # lazy: torch loads only here
+    from simam_viz.errors import CheckpointError
 
-    from simam_viz.catalog import available
-    from simam_viz.registry import checkpoints_dir, find_present, load_registry, verify_file
+    try:
+        ident = identify_checkpoint(path)
+    except CheckpointError as exc:
+        return f"unreadable: {exc}"
+    return (f"layout {ident.layout}, {ident.arch}, {ident.num_classes} classes, "
+            f"ResNet {ident.resnet_variant}")
+
+
+def _official_status(entry: RegistryEntry, path: Path) -> str:
+    """Hash check where a hash is published; else make sure the file is what it claims.
+
+    Without a hash (Drive files) a generic candidate name such as ``checkpoint.pth.tar`` could
+    be any training checkpoint, so the file's layout must at least give the entry's arch.
+    """
+    from simam_viz.checkpoints import identify_checkpoint
+    from simam_viz.errors import CheckpointError
+    from simam_viz.registry import verify_file
+
+    status = verify_file(entry, path)
+    if status == "no published hash":
+        try:
+            ident = identify_checkpoint(path)
+        except CheckpointError as exc:
+            return f"present, unreadable ({path.name}): {exc}"
+        if ident.arch != entry.arch or ident.resnet_variant != entry.resnet_variant:
+            return (f"present, but {path.name} holds a {ident.arch} ({ident.resnet_variant}), "
+                    f"not {entry.arch} ({entry.resnet_variant})")
+    return f"present, {status} ({path.name})"
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """Checkpoint-looking files under ``folder`` (sub-folders too), hidden ones skipped."""
+    from simam_viz.catalog import CHECKPOINT_SUFFIXES
+
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):  # fetch's temp files, .git, ...
+            continue
+        if path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES):
+            found.append(path)
+    return found
+
+
+def _list(args: argparse.Namespace) -> int:
+    from simam_viz.registry import checkpoints_dir, find_present, load_registry
 
     folder = Path(args.dir) if args.dir else checkpoints_dir()
-    print(f"Official checkpoints (registry; folder {folder}):")
+    registry = load_registry()
+    missing_folder = "" if folder.is_dir() else " (does not exist yet)"
+    print(f"Official checkpoints (folder {folder}{missing_folder}):")
     rows = [("name", "arch", "top-1", "licence", "redistributable", "status")]
-    for entry in load_registry().values():
+    official = set()
+    for entry in registry.values():
         path = find_present(entry, folder)
-        status = "missing" if path is None else f"present, {verify_file(entry, path)} ({path.name})"
+        if path is None:
+            status = "missing"
+        else:
+            official.add(path.resolve())
+            status = _official_status(entry, path)
         top1 = f"{entry.top1:.2f}" if entry.top1 is not None else "-"
         rows.append((entry.name, entry.arch, top1, entry.licence,
                      "yes" if entry.redistributable else "no", status))
     _print_table(rows)
-    others = [i for i in available(folder) if i.source != "official"]
-    print("\nOther checkpoints in the folder:")
+    others = [p for p in _checkpoint_files(folder) if p.resolve() not in official] \
+        if folder.is_dir() else []
+    print("\nOther checkpoint files in the folder:")
     if not others:
         print("  none")
-    for item in others:
-        print(f"  {item.key:40s} {item.arch:16s} {item.source:10s} {item.path}")
+    width = max((len(p.relative_to(folder).as_posix()) for p in others), default=0)
+    for path in others:
+        print(f"  {path.relative_to(folder).as_posix():{width}s}  {_identify(path)}")
     return 0
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        cells = (str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+        print(("  " + "  ".join(cells)).rstrip())
 
 
 def _fetch_args(p: argparse.ArgumentParser) -> None:
@@ -81,8 +141,6 @@ def _fetch_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from simam_viz.fetch import fetch
     from simam_viz.registry import checkpoints_dir, load_registry
 
@@ -364,8 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``simam-viz`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``simam-viz`` console script; returns the exit status.
+
+    Usage errors (and ``--help``) come back as a status too, not as ``SystemExit``, so callers
+    and tests see one contract: 0 ok, 1 some items skipped, 2 nothing done.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args))
     except SimamVizError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REGISTRY_PATH = REPO_ROOT / "checkpoints" / "registry.json"
 SOURCES = ("http", "gdrive_file", "gdrive_folder")
+VARIANTS = ("v1.5", "v1")
+REGISTRY_FORMAT = "simam-viz-registry"
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -62,22 +66,48 @@ class RegistryEntry:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RegistryEntry:
+        """Build and check one entry, so a typo in the JSON fails at load, not mid-download."""
         data = dict(raw)
+        name = raw.get("name", "?")
         try:
             data["urls"] = tuple(data.get("urls", ()))
             data["candidates"] = tuple(data.get("candidates", ()))
             data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
             entry = cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
-            name = raw.get("name", "?")
             raise SimamVizError(f"registry entry {name!r} is invalid: {exc}") from exc
-        if entry.arch not in ARCHS:
-            raise SimamVizError(f"registry entry {entry.name!r}: unknown arch {entry.arch!r}")
-        if entry.source not in SOURCES:
-            raise SimamVizError(f"registry entry {entry.name!r}: unknown source {entry.source!r}")
-        if entry.source != "http" and not entry.gdrive_id:
-            raise SimamVizError(f"registry entry {entry.name!r}: gdrive source without gdrive_id")
+        problem = entry._problem()
+        if problem:
+            raise SimamVizError(f"registry entry {name!r}: {problem}")
         return entry
+
+    def _problem(self) -> str | None:
+        """What is wrong with this entry, or None (one message, the first found)."""
+        if self.arch not in ARCHS:
+            return f"unknown arch {self.arch!r}"
+        if self.resnet_variant not in VARIANTS:
+            return f"resnet_variant must be one of {', '.join(VARIANTS)}"
+        if self.source not in SOURCES:
+            return f"unknown source {self.source!r}"
+        if self.source != "http" and not self.gdrive_id:
+            return "gdrive source without gdrive_id"
+        if not self.urls or not all(u.startswith(("https://", "http://")) for u in self.urls):
+            return "needs at least one http(s) URL"
+        # Names are joined to the checkpoints folder: a separator or '..' would write elsewhere.
+        for file_name in self.names:
+            if not file_name or "/" in file_name or "\\" in file_name or file_name in (".", ".."):
+                return f"file name {file_name!r} must be a plain name"
+        if self.sha256 is not None and not (len(self.sha256) == 64 and _HEX.fullmatch(self.sha256)):
+            return "sha256 must be 64 lowercase hex digits"
+        if self.sha256_prefix is not None and not _HEX.fullmatch(self.sha256_prefix):
+            return "sha256_prefix must be lowercase hex digits"
+        if self.sha256 and self.sha256_prefix and not self.sha256.startswith(self.sha256_prefix):
+            return "sha256 and sha256_prefix disagree"
+        if self.arch == "simam_resnet50" and not (self.simam_lambda and self.simam_lambda > 0):
+            return "a SimAM entry needs a positive simam_lambda"
+        if not isinstance(self.redistributable, bool):
+            return "redistributable must be true or false"
+        return None
 
 
 def checkpoints_dir() -> Path:
@@ -92,6 +122,8 @@ def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise SimamVizError(f"cannot read checkpoint registry {path}: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != REGISTRY_FORMAT:
+        raise SimamVizError(f"{path} is not a simam-viz checkpoint registry")
     entries = [RegistryEntry.from_dict(e) for e in raw.get("entries", [])]
     by_name = {e.name: e for e in entries}
     if len(by_name) != len(entries):
