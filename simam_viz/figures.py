@@ -1,36 +1,63 @@
 """Figures as pure functions of arrays: overlays, the paper's Figures 1 and 6, channels, depth.
 
 Nothing here knows about models, Streamlit or torch: inputs are numpy arrays (HxWx3 uint8
-images, HxW float maps in [0, 1]), outputs are arrays, matplotlib ``Figure`` objects or PNG
-bytes. Figures are built with the object-oriented API on an Agg canvas, never pyplot's global
-state, so several sessions of the web app can render at once.
+images, HxW float maps in [0, 1], per-channel vectors and maps), outputs are arrays,
+matplotlib ``Figure`` objects or PNG bytes. That keeps every figure testable with hand-made
+arrays and reusable by the web app, the batch CLI and notebooks alike.
 
-Sizes are deterministic: every panel is ``PANEL`` inches square plus ``LABEL`` inches of text
-below, so a figure of R rows and C columns exported at ``dpi`` is
-``round(C * PANEL * dpi)`` x ``round((R * (PANEL + LABEL) + TOP) * dpi)`` pixels (colour bars take a
-fixed extra ``CBAR`` inches of width where present).
+Figures are built as ``matplotlib.figure.Figure`` on their own Agg canvas, never through
+pyplot: pyplot keeps a global list of "current" figures that several sessions of the web app
+would share, whereas a ``Figure`` that only one thread touches can be rendered safely.
+
+Sizes are deterministic so exported pixel dimensions can be predicted (and asserted). Every
+figure is a grid of ``rows`` x ``cols`` panels, each ``PANEL`` inches square with ``LABEL``
+inches of text under it, ``TOP`` inches above the first row for column titles, and a
+``CBAR``-inch column on the right where the figure has colour bars::
+
+    width_in  = cols * PANEL + (CBAR if colour bars else 0)
+    height_in = rows * (PANEL + LABEL) + TOP
+    pixels    = int(inches * dpi + 1e-8)   # matplotlib truncates (see ``png_size``)
+
+At the default 300 dpi that is exact: e.g. Figure 1 for one image and three models is
+``4 * 2.2 * 300 = 2640`` x ``(2.65 + 0.3) * 300 = 885`` pixels. The grids are:
+
+==================  ===================  =========================  ============
+figure              rows                 cols                       colour bars
+==================  ===================  =========================  ============
+``figure1``         images               1 + models                 shared_scale
+``figure6``         images               4                          yes
+``channel_figure``  2                    max(min(top_k, C), 2)      yes
+``depth_strip``     ceil(B / per_row)    min(B, per_row)            no
+==================  ===================  =========================  ============
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import platform
+import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from PIL import Image
 
 __all__ = [
     "CBAR",
+    "FIGURE6_TITLES",
     "LABEL",
     "PANEL",
     "TOP",
@@ -41,6 +68,7 @@ __all__ = [
     "figure_to_png",
     "overlay",
     "panel_png",
+    "png_size",
     "save_png",
     "write_manifest",
 ]
@@ -48,74 +76,62 @@ __all__ = [
 PANEL = 2.2  # inches per panel side
 LABEL = 0.45  # inches of text under each panel row
 TOP = 0.3  # inches above the first row for column titles
-CBAR = 0.6  # inches for a colour bar column
+CBAR = 0.6  # inches for the colour-bar column
+FIGURE6_TITLES = (
+    "Grad-CAM before SimAM",
+    "Grad-CAM after SimAM",
+    "Attention (channel mean)",
+    "Grad-CAM on attention",
+)
+_INSET = 0.02  # fraction of a panel left blank on each side, so neighbours don't touch
+_PIXEL_TOLERANCE = 1e-8  # matplotlib's own tolerance before truncating to whole pixels
+_VERSIONED = ("pillow", "torch", "torchvision", "grad-cam", "simam-viz")
+
+Colour = str | Colormap
+
+
+# --- validation: every message is one line, so the app can show it as is ------------------
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(f"image must be a non-empty HxWx3 uint8 array, got {image.shape} "
+                         f"{image.dtype}")
     return image
 
 
-def _resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a float map (lower-resolution attention maps, CAMs of another size)."""
-    cam = np.asarray(cam, dtype=np.float32)
-    if cam.ndim != 2:
-        raise ValueError(f"map must be 2-D (HxW), got shape {cam.shape}")
-    if cam.shape == (height, width):
-        return cam
-    resized = Image.fromarray(cam, mode="F").resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
+def _check_map(values: Any, name: str = "map", ndim: int = 2) -> np.ndarray:
+    """A finite float32 array of ``ndim`` dimensions (NaN would silently draw as 'bad')."""
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a numeric array") from None
+    if arr.ndim != ndim or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has NaN or infinite values")
+    return arr
 
 
-def overlay(
-    image: np.ndarray, cam: np.ndarray, *, colormap: str = "jet", alpha: float = 0.5
-) -> np.ndarray:
-    """Blend ``(1 - alpha) * image + alpha * colormap(cam)``; cam clipped to [0, 1]."""
-    image = _check_image(image)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    cam = np.clip(_resize_map(cam, image.shape[0], image.shape[1]), 0.0, 1.0)
-    heat = matplotlib.colormaps[colormap](cam)[..., :3] * 255.0
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+def _check_alpha(alpha: float) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a number within [0, 1], got {alpha!r}") from None
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        raise ValueError(f"alpha must be within [0, 1], got {alpha!r}")
+    return value
 
 
-def _figure(rows: int, cols: int, *, colorbar: bool = False) -> Figure:
-    width = cols * PANEL + (CBAR if colorbar else 0.0)
-    fig = Figure(figsize=(width, rows * (PANEL + LABEL) + TOP))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _panel_axes(fig: Figure, rows: int, cols: int, row: int, col: int, colorbar: bool):
-    """Axes for one panel on the fixed grid (inches converted to figure fractions)."""
-    width, height = fig.get_size_inches()
-    left = col * PANEL / width
-    bottom = 1.0 - (TOP + (row + 1) * (PANEL + LABEL) - LABEL) / height
-    ax = fig.add_axes((left + 0.02 * PANEL / width, bottom, 0.96 * PANEL / width,
-                       0.96 * PANEL / height))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ax
-
-
-def _show(ax, picture: np.ndarray, title: str = "", label: str = "", **kwargs):
-    img = ax.imshow(picture, **kwargs)
-    if title:
-        ax.set_title(title, fontsize=8, pad=3)
-    if label:
-        ax.set_xlabel(label, fontsize=7, labelpad=3)
-    return img
-
-
-def _colorbar(fig: Figure, mappable, label: str) -> None:
-    width, _ = fig.get_size_inches()
-    cax = fig.add_axes((1.0 - 0.9 * CBAR / width, 0.15, 0.15 * CBAR / width, 0.7))
-    bar = fig.colorbar(mappable, cax=cax)
-    bar.set_label(label, fontsize=7)
-    bar.ax.tick_params(labelsize=6)
+def _colormap(colormap: Colour) -> Colormap:
+    """Look a colour map up by name; matplotlib's KeyError lists every name on one huge line."""
+    if isinstance(colormap, Colormap):
+        return colormap
+    try:
+        return matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {colormap!r}") from None
 
 
 def _rows(name: str, values: Sequence[Any], n: int) -> Sequence[Any]:
@@ -124,49 +140,183 @@ def _rows(name: str, values: Sequence[Any], n: int) -> Sequence[Any]:
     return values
 
 
+def _count_images(images: Sequence[np.ndarray]) -> int:
+    if len(images) == 0:
+        raise ValueError("need at least one image")
+    return len(images)
+
+
+# --- arrays -------------------------------------------------------------------------------
+
+
+def _resize_map(cam: Any, height: int, width: int, name: str = "map") -> np.ndarray:
+    """Bilinear resize of a float map (attention at feature resolution, CAMs of another size).
+
+    PIL's float ("F") mode keeps the values un-quantised, unlike resizing a uint8 rendering.
+    """
+    cam = _check_map(cam, name)
+    if cam.shape == (height, width):
+        return cam
+    resized = Image.fromarray(cam, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def overlay(
+    image: np.ndarray, cam: np.ndarray, *, colormap: Colour = "jet", alpha: float = 0.5
+) -> np.ndarray:
+    """``round((1 - alpha) * image + alpha * 255 * colormap(cam)[..., :3])`` as HxWx3 uint8.
+
+    ``cam`` is clipped to [0, 1] (values outside have no colour) and resized bilinearly to
+    the image when the shapes differ, so maps at feature resolution can be passed directly.
+    The blend is computed in float64 so it matches an independent numpy computation exactly.
+    """
+    image = _check_image(image)
+    weight = _check_alpha(alpha)
+    cmap = _colormap(colormap)
+    cam = np.clip(_resize_map(cam, image.shape[0], image.shape[1], "cam"), 0.0, 1.0)
+    heat = cmap(cam)[..., :3] * 255.0
+    blended = (1.0 - weight) * image.astype(np.float64) + weight * heat
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+# --- layout: one fixed grid for every figure ----------------------------------------------
+
+
+def _new_figure(rows: int, cols: int, *, colorbar: bool = False) -> Figure:
+    """A figure sized by the module formula, on its own Agg canvas (no pyplot state)."""
+    width = cols * PANEL + (CBAR if colorbar else 0.0)
+    fig = Figure(figsize=(width, rows * (PANEL + LABEL) + TOP))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _axes_at(fig: Figure, left: float, bottom: float, width: float, height: float) -> Axes:
+    """Axes placed in inches (matplotlib wants figure fractions)."""
+    fig_w, fig_h = fig.get_size_inches()
+    return fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
+
+
+def _row_bottom(fig: Figure, row: int) -> float:
+    """Inches from the figure's bottom edge to the bottom of grid row ``row``'s picture."""
+    return float(fig.get_size_inches()[1]) - TOP - (row + 1) * (PANEL + LABEL) + LABEL
+
+
+def _panel(
+    fig: Figure, row: int, col: int, picture: np.ndarray, *, title: str = "", label: str = "",
+    **imshow: Any,
+) -> AxesImage:
+    """Draw one picture in grid cell (row, col): title above, label below, no ticks."""
+    side = PANEL * (1.0 - 2.0 * _INSET)
+    ax = _axes_at(fig, (col + _INSET) * PANEL, _row_bottom(fig, row), side, side)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    shown = ax.imshow(picture, **imshow)
+    if title:
+        ax.set_title(title, fontsize=8, pad=3)
+    if label:
+        ax.set_xlabel(label, fontsize=7, labelpad=3)
+    return shown
+
+
+def _row_colorbar(fig: Figure, row: int, cols: int, mappable: ScalarMappable, label: str) -> None:
+    """A colour bar in the right-hand column, beside the row it describes.
+
+    One bar per row (not one per figure) because each row has its own scale.
+    """
+    cax = _axes_at(fig, cols * PANEL + 0.05, _row_bottom(fig, row) + 0.1 * PANEL, 0.11,
+                   0.76 * PANEL)
+    bar = fig.colorbar(mappable, cax=cax, ticks=MaxNLocator(5),
+                       format=FormatStrFormatter("%.2g"))  # short labels fit the column
+    bar.set_label(label, fontsize=6, labelpad=2)
+    bar.ax.tick_params(labelsize=6, length=2, pad=1)
+
+
+# --- Figure 1: models side by side ----------------------------------------------------------
+
+
+def _row_labels(row: str | Sequence[str], models: int, i: int) -> tuple[str, list[str]]:
+    """(label under the input, labels under each model) from one row of ``labels``."""
+    if isinstance(row, str):
+        return row, [""] * models
+    row = list(row)
+    if len(row) == models:
+        return "", row
+    if len(row) == models + 1:
+        return row[0], row[1:]
+    raise ValueError(f"labels row {i} needs a string, {models} or {models + 1} labels, "
+                     f"got {len(row)}")
+
+
+def _row_maps(
+    cams: Sequence[np.ndarray], raw: Sequence[np.ndarray] | None, models: int, i: int
+) -> tuple[list[np.ndarray], float]:
+    """The maps to draw for one row and the raw value that maps to 1 (1.0 unless shared).
+
+    Shared scale: every raw map of the row is divided by the row's largest raw value, so a
+    model whose evidence is half as strong is drawn half as intense instead of being
+    stretched to full range by its own min-max scaling.
+    """
+    if len(cams) != models:
+        raise ValueError(f"cams row {i} has {len(cams)} maps, expected {models} (one per model)")
+    if raw is None:
+        return [_check_map(c, f"cams[{i}]") for c in cams], 1.0
+    if len(raw) != models:
+        raise ValueError(f"raw_cams row {i} has {len(raw)} maps, expected {models}")
+    maps = [_check_map(r, f"raw_cams[{i}]") for r in raw]
+    top = max(float(m.max()) for m in maps)
+    top = top if top > 0 else 1.0  # all-zero row: nothing to show, avoid 0/0
+    return [m / top for m in maps], top
+
+
 def figure1(
     images: Sequence[np.ndarray],
-    labels: Sequence[Sequence[str]],
+    labels: Sequence[str | Sequence[str]],
     cams: Sequence[Sequence[np.ndarray]],
     model_names: Sequence[str],
     *,
     shared_scale: bool = False,
     raw_cams: Sequence[Sequence[np.ndarray]] | None = None,
-    colormap: str = "jet",
+    colormap: Colour = "jet",
     alpha: float = 0.5,
 ) -> Figure:
-    """The paper's Figure 1: rows = images, columns = input + one Grad-CAM per model.
+    """The paper's Figure 1: rows = images, columns = input + one CAM overlay per model.
 
-    ``labels[i][j]`` is model j's label for image i (shown under its panel). With
-    ``shared_scale``, each row's raw maps are divided by the row's largest raw value so the
-    models compare on one scale (a colour bar shows it); otherwise each map is min-max scaled.
+    ``labels[i]`` is either one string (the class label, shown under the input as in the
+    paper), one label per model (e.g. each model's prediction, under its column), or both
+    (``1 + models`` strings: input first). ``cams[i][j]`` is model j's map in [0, 1].
+
+    With ``shared_scale`` the maps drawn are ``raw_cams`` divided by their row's maximum, so
+    the models of a row compare on one scale, and a colour bar per row gives that scale in
+    raw units; ``cams`` then only has to have the right shape. Size: rows = images,
+    cols = 1 + models, plus ``CBAR`` with ``shared_scale`` (module docstring).
     """
-    n, m = len(images), len(model_names)
+    n, m = _count_images(images), len(model_names)
+    if m == 0:
+        raise ValueError("figure1 needs at least one model")
     _rows("labels", labels, n)
     _rows("cams", cams, n)
     if shared_scale:
         if raw_cams is None:
             raise ValueError("shared_scale needs raw_cams (maps before min-max scaling)")
         _rows("raw_cams", raw_cams, n)
-    fig = _figure(n, m + 1, colorbar=shared_scale)
+    _check_alpha(alpha)
+    cmap = _colormap(colormap)
+    fig = _new_figure(n, m + 1, colorbar=shared_scale)
     for i, image in enumerate(images):
         image = _check_image(image)
-        if len(cams[i]) != m or len(labels[i]) != m:
-            raise ValueError(f"row {i} needs one map and one label per model ({m})")
-        maps = list(cams[i])
-        if shared_scale:
-            top = max(float(np.max(r)) for r in raw_cams[i]) or 1.0  # type: ignore[index]
-            maps = [np.asarray(r, np.float32) / top for r in raw_cams[i]]  # type: ignore[index]
-        ax = _panel_axes(fig, n, m + 1, i, 0, shared_scale)
-        _show(ax, image, "Input" if i == 0 else "")
+        under_input, under_models = _row_labels(labels[i], m, i)
+        maps, top = _row_maps(cams[i], raw_cams[i] if shared_scale else None, m, i)
+        _panel(fig, i, 0, image, title="Input" if i == 0 else "", label=under_input)
         for j, cam in enumerate(maps):
-            ax = _panel_axes(fig, n, m + 1, i, j + 1, shared_scale)
-            _show(ax, overlay(image, cam, colormap=colormap, alpha=alpha),
-                  model_names[j] if i == 0 else "", labels[i][j])
-    if shared_scale:
-        scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormap)
-        _colorbar(fig, scale, "Grad-CAM (shared scale per row)")
+            _panel(fig, i, j + 1, overlay(image, cam, colormap=cmap, alpha=alpha),
+                   title=model_names[j] if i == 0 else "", label=under_models[j])
+        if shared_scale:
+            scale = ScalarMappable(norm=Normalize(0.0, top), cmap=cmap)
+            _row_colorbar(fig, i, m + 1, scale, "raw CAM (row scale)")
     return fig
+
+
+# --- Figure 6: inside SimAM ---------------------------------------------------------------
 
 
 def figure6(
@@ -176,39 +326,81 @@ def figure6(
     attention: Sequence[np.ndarray],
     attention_cam: Sequence[np.ndarray],
     *,
-    colormap: str = "jet",
-    alpha: float = 0.5,
-    attention_colormap: str = "viridis",
+    titles: Sequence[str] = FIGURE6_TITLES,
     captions: Sequence[str] | None = None,
+    colormap: Colour = "jet",
+    alpha: float = 0.5,
+    attention_colormap: Colour = "viridis",
 ) -> Figure:
-    """The paper's Figure 6: per image, Grad-CAM before SimAM, after SimAM, the
-    channel-averaged attention weights (own colour scale, colour bar) and Grad-CAM on them."""
-    n = len(images)
+    """The paper's Figure 6: one row of four panels per image.
+
+    Grad-CAM on the features before SimAM, after SimAM, the channel-averaged attention
+    weights, and Grad-CAM on those weights. The attention map (h x w, feature resolution) is
+    upsampled bilinearly and drawn on its own min-max colour scale with a colour bar per row:
+    SimAM's weights are sigmoids that sit in a narrow band, which an absolute [0, 1] scale
+    would flatten. ``titles`` head the four columns; ``captions[i]`` goes under image i's
+    first panel. Size: rows = images, cols = 4, plus ``CBAR`` (module docstring).
+    """
+    n = _count_images(images)
     for name, values in (("before", before), ("after", after), ("attention", attention),
                          ("attention_cam", attention_cam)):
         _rows(name, values, n)
-    titles = ("Grad-CAM before SimAM", "Grad-CAM after SimAM", "Attention (channel mean)",
-              "Grad-CAM on attention")
-    fig = _figure(n, 4, colorbar=True)
-    mappable = None
+    if captions is not None:
+        _rows("captions", captions, n)
+    if len(titles) != 4:
+        raise ValueError(f"titles needs 4 column titles, got {len(titles)}")
+    _check_alpha(alpha)
+    cmap, att_cmap = _colormap(colormap), _colormap(attention_colormap)
+    fig = _new_figure(n, 4, colorbar=True)
     for i, image in enumerate(images):
         image = _check_image(image)
-        caption = captions[i] if captions else ""
-        for j, cam in enumerate((before[i], after[i])):
-            ax = _panel_axes(fig, n, 4, i, j, True)
-            _show(ax, overlay(image, cam, colormap=colormap, alpha=alpha),
-                  titles[j] if i == 0 else "", caption if j == 0 else "")
-        att = _resize_map(attention[i], image.shape[0], image.shape[1])
-        ax = _panel_axes(fig, n, 4, i, 2, True)
-        mappable = _show(ax, att, titles[2] if i == 0 else "",
-                         f"range {float(np.min(attention[i])):.3f}-"
-                         f"{float(np.max(attention[i])):.3f}", cmap=attention_colormap)
-        ax = _panel_axes(fig, n, 4, i, 3, True)
-        _show(ax, overlay(image, attention_cam[i], colormap=colormap, alpha=alpha),
-              titles[3] if i == 0 else "")
-    if mappable is not None:
-        _colorbar(fig, mappable, "SimAM weight (last row)")
+        weights = _check_map(attention[i], f"attention[{i}]")
+        pictures = [
+            overlay(image, before[i], colormap=cmap, alpha=alpha),
+            overlay(image, after[i], colormap=cmap, alpha=alpha),
+            _resize_map(weights, image.shape[0], image.shape[1]),
+            overlay(image, attention_cam[i], colormap=cmap, alpha=alpha),
+        ]
+        labels = [captions[i] if captions is not None else "", "", "", ""]
+        # the scale is the weights' own range, not the (narrower) range of their upsampling
+        scale = {"cmap": att_cmap, "norm": Normalize(float(weights.min()), float(weights.max()))}
+        for j, picture in enumerate(pictures):
+            style = scale if j == 2 else {}
+            shown = _panel(fig, i, j, picture, title=titles[j] if i == 0 else "",
+                           label=labels[j], **style)
+            if j == 2:
+                _row_colorbar(fig, i, 4, shown, "SimAM weight")
     return fig
+
+
+# --- channels ------------------------------------------------------------------------------
+
+
+def _top_channels(means: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest means, largest first; ties go to the lower index."""
+    return np.argsort(-means, kind="stable")[: min(k, means.size)]
+
+
+def _weight_chart(
+    fig: Figure, slot: int, slots: int, values: np.ndarray, *, title: str, colour: str,
+    sort: bool, highlight: np.ndarray | None = None,
+) -> None:
+    """One bar chart of per-channel weights in the bottom row, in slot ``slot`` of ``slots``.
+
+    ``highlight`` (channel indices) is drawn in red so the top-k maps above can be found.
+    """
+    cols_width = (fig.get_size_inches()[0] - CBAR) / slots
+    ax = _axes_at(fig, slot * cols_width + 0.5, LABEL, cols_width - 0.7, PANEL - 0.35)
+    colours = np.full(values.size, colour, dtype=object)
+    if highlight is not None:
+        colours[highlight] = "tab:red"
+    order = np.argsort(-values, kind="stable") if sort else np.arange(values.size)
+    ax.bar(np.arange(values.size), values[order], width=1.0, color=list(colours[order]))
+    ax.set_xlim(-0.5, values.size - 0.5)
+    ax.set_ylim(0.0, max(1.0, float(values.max())))
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("channel, sorted by weight" if sort else "channel index", fontsize=7)
+    ax.tick_params(labelsize=6)
 
 
 def channel_figure(
@@ -218,112 +410,198 @@ def channel_figure(
     top_k: int = 8,
     se_excitation: np.ndarray | None = None,
     block: str = "",
-    colormap: str = "viridis",
+    colormap: Colour = "viridis",
+    sort: bool = True,
 ) -> Figure:
-    """Top-k SimAM channels (by mean weight) as maps, and the per-channel weight chart(s).
+    """Which channels SimAM weights most, and how its weights spread over all channels.
 
-    Row 1: the ``top_k`` channel weight maps, titled by channel and mean. Row 2: SimAM's
-    channel means sorted high to low, and SE's excitation vector sorted the same way beside
-    it when given (both are per-channel weights in (0, 1) for the same block).
+    Top row: the ``top_k`` channels with the largest mean weight (ties: lower index first),
+    each as its h x w weight map titled with channel index and mean, all on one colour scale
+    (colour bar) so they compare. Bottom row: SimAM's per-channel means as bars (sorted high
+    to low, or by channel index with ``sort=False``; the top-k in red) and, when given, SE's
+    excitation vector beside it. SE's channels belong to another network, so its vector is
+    sorted by its own values rather than SimAM's order. Size: rows = 2,
+    cols = max(min(top_k, C), 2), plus ``CBAR`` (module docstring).
     """
-    maps = np.asarray(channel_maps, dtype=np.float32)
-    means = np.asarray(simam_means, dtype=np.float32)
-    if maps.ndim != 3 or means.shape != (maps.shape[0],):
+    maps = _check_map(channel_maps, "channel_maps", ndim=3)
+    means = _check_map(simam_means, "simam_means", ndim=1)
+    if means.shape != (maps.shape[0],):
         raise ValueError(f"need C x h x w maps and C means, got {maps.shape} and {means.shape}")
-    k = max(1, min(top_k, maps.shape[0]))
-    order = np.argsort(-means, kind="stable")[:k]
-    cols = max(k, 2)
-    fig = _figure(2, cols)
-    vmin, vmax = float(maps[order].min()), float(maps[order].max())
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    se = None if se_excitation is None else _check_map(se_excitation, "se_excitation", ndim=1)
+    order = _top_channels(means, int(top_k))
+    cols = max(order.size, 2)
+    fig = _new_figure(2, cols, colorbar=True)
+    scale = ScalarMappable(Normalize(float(maps[order].min()), float(maps[order].max())),
+                           _colormap(colormap))
     for j, c in enumerate(order):
-        ax = _panel_axes(fig, 2, cols, 0, j, False)
-        _show(ax, maps[c], f"ch {int(c)}", f"mean {means[c]:.3f}", cmap=colormap,
-              vmin=vmin, vmax=vmax)
-    width, height = fig.get_size_inches()
-    charts = 2 if se_excitation is not None else 1
-    for idx in range(charts):
-        left = (0.08 + idx * 0.5) if charts == 2 else 0.08
-        ax = fig.add_axes((left, 0.08, (0.4 if charts == 2 else 0.88), 0.32))
-        if idx == 0:
-            ax.bar(np.arange(means.size), np.sort(means)[::-1], width=1.0, color="tab:blue")
-            ax.set_title(f"SimAM channel means {block}".strip(), fontsize=8)
-        else:
-            se = np.asarray(se_excitation, dtype=np.float32).ravel()
-            ax.bar(np.arange(se.size), np.sort(se)[::-1], width=1.0, color="tab:orange")
-            ax.set_title(f"SE excitation {block}".strip(), fontsize=8)
-        ax.set_xlabel("channel (sorted)", fontsize=7)
-        ax.set_ylim(0, 1)
-        ax.tick_params(labelsize=6)
+        _panel(fig, 0, j, maps[c], title=f"ch {int(c)}  mean {means[c]:.3f}", cmap=scale.cmap,
+               norm=scale.norm)
+    _row_colorbar(fig, 0, cols, scale, "SimAM weight")
+    suffix = f" {block}" if block else ""
+    charts = [("SimAM channel means" + suffix, means, "tab:blue", order)]
+    if se is not None:
+        charts.append(("SE excitation" + suffix, se, "tab:orange", None))
+    for slot, (title, values, colour, highlight) in enumerate(charts):
+        _weight_chart(fig, slot, len(charts), values, title=title, colour=colour, sort=sort,
+                      highlight=highlight)
     return fig
+
+
+# --- depth ---------------------------------------------------------------------------------
 
 
 def depth_strip(
     image: np.ndarray,
     cams_by_block: Mapping[str, np.ndarray],
     *,
-    colormap: str = "jet",
+    colormap: Colour = "jet",
     alpha: float = 0.5,
     per_row: int = 8,
 ) -> Figure:
-    """One panel per block in the given order (layer1.0 ... layer4.2), ``per_row`` a row."""
+    """One overlay per block, titled by block, in the mapping's order (layer1.0 ... layer4.2).
+
+    ``per_row`` panels a row keeps ResNet-50's 16 blocks readable (two rows of eight).
+    Size: rows = ceil(blocks / per_row), cols = min(blocks, per_row) (module docstring).
+    """
     image = _check_image(image)
     blocks = list(cams_by_block)
     if not blocks:
         raise ValueError("depth_strip needs at least one block")
-    cols = min(per_row, len(blocks))
-    rows = -(-len(blocks) // cols)
-    fig = _figure(rows, cols)
+    if isinstance(per_row, bool) or not isinstance(per_row, int | np.integer) or per_row < 1:
+        raise ValueError(f"per_row must be a positive integer, got {per_row!r}")
+    _check_alpha(alpha)
+    cmap = _colormap(colormap)
+    cols = min(int(per_row), len(blocks))
+    fig = _new_figure(-(-len(blocks) // cols), cols)
     for idx, block in enumerate(blocks):
-        ax = _panel_axes(fig, rows, cols, idx // cols, idx % cols, False)
-        _show(ax, overlay(image, cams_by_block[block], colormap=colormap, alpha=alpha), block)
+        _panel(fig, idx // cols, idx % cols,
+               overlay(image, cams_by_block[block], colormap=cmap, alpha=alpha), title=block)
     return fig
 
 
-def figure_to_png(fig: Figure, *, dpi: int = 300) -> bytes:
-    """PNG bytes of a figure at ``dpi`` (fixed size: no tight bounding box)."""
+# --- export ---------------------------------------------------------------------------------
+
+
+def _check_dpi(dpi: float) -> float:
+    try:
+        value = float(dpi)
+    except (TypeError, ValueError):
+        raise ValueError(f"dpi must be a positive number, got {dpi!r}") from None
+    if not 0 < value <= 2400:  # beyond that a 4 x 5 panel figure exceeds 600 megapixels
+        raise ValueError(f"dpi must be within (0, 2400], got {dpi!r}")
+    return value
+
+
+def png_size(fig: Figure, *, dpi: float = 300) -> tuple[int, int]:
+    """(width, height) in pixels of ``figure_to_png(fig, dpi=dpi)``, without rendering.
+
+    matplotlib truncates ``inches * dpi`` to whole pixels, rounding up only within 1e-8 of
+    the next integer (floating-point noise), so e.g. 8.8 in at 72 dpi gives 633, not 634.
+    """
+    width, height = fig.get_size_inches()
+    dots = _check_dpi(dpi)
+    return int(width * dots + _PIXEL_TOLERANCE), int(height * dots + _PIXEL_TOLERANCE)
+
+
+def figure_to_png(fig: Figure, *, dpi: float = 300) -> bytes:
+    """PNG bytes of ``fig`` at ``dpi``: the full fixed-size canvas (no tight bounding box,
+    which would make the pixel size depend on the text drawn).
+
+    Different figures may be rendered from different threads at once; one figure must not
+    be rendered by two threads at once (saving sets its dpi for the duration).
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=_check_dpi(dpi))
     return buf.getvalue()
 
 
-def save_png(fig: Figure, path: str | Path, *, dpi: int = 300) -> Path:
-    """Write a figure as PNG (atomically: temp file, then rename)."""
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a unique temporary file and rename, so readers never see half a file and two
+    writers of the same path do not corrupt each other."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")  # open(): umask applies,
+    try:  # unlike mkstemp's 0600, so exports stay readable as ordinary files
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_png(fig: Figure, path: str | Path, *, dpi: float = 300) -> Path:
+    """Write ``fig`` as PNG at ``path`` (atomically) and close it.
+
+    A ``Figure`` made here has no pyplot manager to close; "closing" clears it, dropping its
+    artists and image arrays, so a batch export doesn't hold every figure's memory. The
+    figure is cleared even when writing fails. Returns ``path``.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(figure_to_png(fig, dpi=dpi))
-    tmp.replace(path)
+    try:
+        _write_atomic(path, figure_to_png(fig, dpi=dpi))
+    finally:
+        fig.clear()
     return path
 
 
 def panel_png(array: np.ndarray) -> bytes:
-    """A single panel (HxWx3 uint8, or HxW float in [0, 1]) as PNG at native resolution."""
+    """One panel at its native resolution as PNG bytes (no matplotlib, no resampling).
+
+    Accepts an HxWx3 uint8 picture (e.g. an ``overlay``), an HxW uint8 grey image, or an HxW
+    float map in [0, 1] (clipped, scaled to 0..255 and rounded).
+    """
     arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+    if arr.ndim == 2 and arr.dtype != np.uint8:
+        arr = np.round(np.clip(_check_map(arr), 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif arr.ndim != 2:
+        arr = _check_image(arr)
+    if arr.size == 0:
+        raise ValueError("panel_png needs a non-empty array")
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def write_manifest(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Sorted, indented JSON beside an export, with creation time and library versions."""
-    from importlib.metadata import PackageNotFoundError, version
+def _jsonable(value: Any) -> Any:
+    """JSON for what callers tend to put in manifests: numpy scalars/arrays, paths, dates."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)  # paths, enums, anything else: readable rather than an error
 
-    manifest = dict(data)
-    manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
-    versions = dict(manifest.get("versions", {}))
-    versions.update({
+
+def _library_versions() -> dict[str, str]:
+    found = {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "matplotlib": matplotlib.__version__,
-    })
-    for package in ("torch", "torchvision", "grad-cam", "simam-viz"):
+    }
+    for package in _VERSIONED:  # read from metadata: importing torch here would be slow
         try:
-            versions[package] = version(package)
+            found[package] = version(package)
         except PackageNotFoundError:
-            versions[package] = "not installed"
-    manifest["versions"] = versions
+            found[package] = "not installed"
+    return found
+
+
+def write_manifest(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as sorted, indented JSON at ``path`` (beside an export), atomically.
+
+    The caller supplies what the figure shows (image sha256, models, checkpoint sha256,
+    block, target, method, lambda, ...); this adds ``created`` (UTC, ISO 8601) and
+    ``versions`` (python, numpy, matplotlib, pillow, torch, ...) so a figure can be
+    reproduced. Values the caller gives for those keys win. Returns ``path``.
+    """
+    manifest = dict(data)
+    manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+    manifest["versions"] = {**_library_versions(), **dict(manifest.get("versions") or {})}
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=_jsonable) + "\n"
     path = Path(path)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
-                    encoding="utf-8")
+    _write_atomic(path, text.encode("utf-8"))
     return path

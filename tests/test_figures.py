@@ -1,10 +1,12 @@
-"""Figures: overlay values, composite layouts and exact PNG sizes, thread safety."""
+"""Figures: exact overlay values, shared scale, layouts and PNG sizes, export, thread safety."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import threading
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -13,6 +15,8 @@ from PIL import Image
 
 from simam_viz import figures
 from simam_viz.figures import (
+    CBAR,
+    FIGURE6_TITLES,
     LABEL,
     PANEL,
     TOP,
@@ -23,110 +27,311 @@ from simam_viz.figures import (
     figure_to_png,
     overlay,
     panel_png,
+    png_size,
+    save_png,
     write_manifest,
 )
 
 RNG = np.random.default_rng(0)
-IMG = RNG.integers(0, 255, (32, 40, 3), np.uint8)
+IMG = RNG.integers(0, 256, (32, 40, 3), dtype=np.uint8)
 CAM = RNG.random((32, 40)).astype(np.float32)
+ATT = (0.5 + 0.4 * RNG.random((4, 5))).astype(np.float32)  # SimAM-like, feature resolution
+CH_MAPS = RNG.random((6, 3, 3)).astype(np.float32)
+JET_AT_0 = np.array([0.0, 0.0, 127.5])  # jet starts at dark blue (0, 0, 0.5)
 
 
 def _size(png: bytes) -> tuple[int, int]:
     return Image.open(io.BytesIO(png)).size
 
 
-def test_overlay_equals_independent_blend() -> None:
-    zeros = np.zeros((32, 40), np.float32)
-    jet0 = np.array(matplotlib.colormaps["jet"](0.0)[:3]) * 255  # dark blue
-    expected = np.round(0.7 * IMG + 0.3 * jet0).astype(np.uint8)
-    got = overlay(IMG, zeros, alpha=0.3).astype(int)
-    np.testing.assert_allclose(got, expected, atol=1)  # float32 vs float64 rounding
+def _pixels(inches: float, dpi: float) -> int:
+    """matplotlib's truncation of inches * dpi to whole pixels."""
+    return int(inches * dpi + 1e-8)
+
+
+def _gray(values: np.ndarray) -> np.ndarray:
+    """matplotlib's "gray" colour map: a 256-entry lookup table, entry k = k / 255."""
+    return np.minimum(np.floor(values * 256), 255).astype(np.uint8)
+
+
+def _pictures(fig) -> list[np.ndarray]:
+    """The arrays shown by the figure's image panels, in drawing order."""
+    return [np.asarray(ax.get_images()[0].get_array()) for ax in fig.axes if ax.get_images()]
+
+
+def _fig6(n: int = 1, **kwargs):
+    return figure6([IMG] * n, [CAM] * n, [CAM[::-1]] * n, [ATT] * n, [1 - CAM] * n, **kwargs)
+
+
+# --- overlay ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_overlay_equals_independent_blend(alpha: float) -> None:
+    assert np.allclose(matplotlib.colormaps["jet"](0.0)[:3], JET_AT_0 / 255)
+    expected = np.round((1 - alpha) * IMG.astype(float) + alpha * JET_AT_0).astype(np.uint8)
+    np.testing.assert_array_equal(overlay(IMG, np.zeros((32, 40)), alpha=alpha), expected)
+
+
+def test_overlay_alpha_limits() -> None:
     np.testing.assert_array_equal(overlay(IMG, CAM, alpha=0.0), IMG)
-    full = overlay(IMG, np.ones((32, 40)), colormap="gray", alpha=1.0)
-    assert (full == 255).all()
+    pure = overlay(IMG, np.zeros((32, 40)), alpha=1.0)
+    assert (pure == np.array([0, 0, 128], np.uint8)).all()  # 127.5 rounds to even 128
+    assert (overlay(IMG, np.ones((32, 40)), colormap="gray", alpha=1.0) == 255).all()
+
+
+def test_overlay_clips_and_resizes_maps() -> None:
+    out_of_range = overlay(IMG, np.full((32, 40), 7.0), colormap="gray", alpha=1.0)
+    assert (out_of_range == 255).all()
     small = overlay(IMG, np.full((4, 5), 0.5, np.float32), colormap="gray", alpha=1.0)
-    assert small.shape == IMG.shape and np.all(np.abs(small.astype(int) - 128) <= 1)
+    assert small.shape == IMG.shape and (small == 128).all()
+    ramp = overlay(IMG, np.array([[0.0, 1.0]]), colormap="gray", alpha=1.0)[0, :, 0]
+    assert ramp.shape == (40,) and ramp[0] < 10 and ramp[-1] > 245
+    assert (np.diff(ramp.astype(int)) >= 0).all()  # bilinear: monotone left to right
 
 
-@pytest.mark.parametrize("bad", [{"alpha": 1.5}, {"alpha": -0.1}])
-def test_overlay_rejects_bad_alpha(bad) -> None:
-    with pytest.raises(ValueError, match="alpha"):
-        overlay(IMG, CAM, **bad)
+# --- bad inputs -------------------------------------------------------------------------
+
+BAD_CALLS = {
+    "alpha above 1": (lambda: overlay(IMG, CAM, alpha=1.5), "alpha"),
+    "alpha below 0": (lambda: overlay(IMG, CAM, alpha=-0.1), "alpha"),
+    "alpha NaN": (lambda: overlay(IMG, CAM, alpha=float("nan")), "alpha"),
+    "grey image": (lambda: overlay(IMG[..., 0], CAM), "image"),
+    "float image": (lambda: overlay(IMG / 255.0, CAM), "image"),
+    "3-D cam": (lambda: overlay(IMG, CAM[None]), "cam"),
+    "NaN cam": (lambda: overlay(IMG, np.full((2, 2), np.nan)), "NaN"),
+    "colormap": (lambda: overlay(IMG, CAM, colormap="no-such-map"), "colormap"),
+    "fig1 maps per model": (lambda: figure1([IMG], ["a"], [[CAM, CAM]], ["m"]), "cams row 0"),
+    "fig1 labels": (lambda: figure1([IMG], [["a", "b", "c"]], [[CAM]], ["m"]), "labels row 0"),
+    "fig1 no raw": (lambda: figure1([IMG], ["a"], [[CAM]], ["m"], shared_scale=True),
+                    "raw_cams"),
+    "fig1 alpha": (lambda: figure1([IMG], ["a"], [[CAM]], ["m"], alpha=2), "alpha"),
+    "fig1 no images": (lambda: figure1([], [], [], ["m"]), "image"),
+    "fig6 rows": (lambda: figure6([IMG], [CAM], [CAM], [], [CAM]), "attention"),
+    "fig6 titles": (lambda: _fig6(titles=("a", "b")), "titles"),
+    "fig6 attention 3-D": (lambda: figure6([IMG], [CAM], [CAM], [ATT[None]], [CAM]),
+                           "attention"),
+    "channels C": (lambda: channel_figure(np.zeros((4, 2, 2)), np.zeros(3)), "C means"),
+    "channels top_k": (lambda: channel_figure(np.zeros((4, 2, 2)), np.zeros(4), top_k=0),
+                       "top_k"),
+    "depth empty": (lambda: depth_strip(IMG, {}), "block"),
+    "dpi": (lambda: figure_to_png(_fig6(), dpi=0), "dpi"),
+    "panel shape": (lambda: panel_png(np.zeros((2, 2, 4), np.uint8)), "image"),
+}
 
 
-def test_bad_shapes_are_one_line_errors() -> None:
-    for call in (
-        lambda: overlay(IMG[..., 0], CAM),
-        lambda: overlay(IMG, CAM[None]),
-        lambda: figure1([IMG], [["a"]], [[CAM, CAM]], ["m"]),
-        lambda: figure6([IMG], [CAM], [CAM], [], [CAM]),
-        lambda: channel_figure(np.zeros((4, 2, 2)), np.zeros(3)),
-        lambda: figure1([IMG], [["a"]], [[CAM]], ["m"], shared_scale=True),
-    ):
-        with pytest.raises(ValueError) as exc:
-            call()
-        assert "\n" not in str(exc.value)
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_bad_inputs_raise_one_line_value_errors(name: str) -> None:
+    call, words = BAD_CALLS[name]
+    with pytest.raises(ValueError, match=words) as exc:
+        call()
+    assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("dpi", [50, 100])
-def test_png_sizes_follow_the_formula(dpi: int) -> None:
-    fig = figure1([IMG, IMG], [["a", "b", "c"]] * 2, [[CAM] * 3] * 2, ["A", "B", "C"])
-    w, h = _size(figure_to_png(fig, dpi=dpi))
-    assert (w, h) == (round(4 * PANEL * dpi), round((2 * (PANEL + LABEL) + TOP) * dpi))
-    fig6 = figure6([IMG, IMG], [CAM] * 2, [CAM] * 2, [RNG.random((4, 5))] * 2, [CAM] * 2)
-    images = [ax for ax in fig6.axes if ax.get_images()]
-    assert len(images) == 8  # 4 panels per image
-    w6, h6 = _size(figure_to_png(fig6, dpi=dpi))
-    assert (w6, h6) == (round((4 * PANEL + figures.CBAR) * dpi),
-                        round((2 * (PANEL + LABEL) + TOP) * dpi))
-    strip = depth_strip(IMG, {f"layer{i}": CAM for i in range(16)})
-    assert _size(figure_to_png(strip, dpi=dpi)) == (
-        round(8 * PANEL * dpi), round((2 * (PANEL + LABEL) + TOP) * dpi)
-    )
+# --- Figure 1 ---------------------------------------------------------------------------
 
 
 def test_shared_scale_keeps_relative_intensity() -> None:
-    """With a shared scale, a map with half the raw values is drawn at half intensity."""
-    ones = np.ones((32, 40), np.float32)
-    fig = figure1([IMG], [["x", "y"]], [[ones, ones]], ["strong", "weak"], shared_scale=True,
-                  raw_cams=[[2 * ones, ones]], colormap="gray", alpha=1.0)
-    panels = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
-    strong, weak = np.asarray(panels[1]), np.asarray(panels[2])
-    assert (strong == 255).all() and np.all(np.abs(weak.astype(int) - 128) <= 1)
+    """Raw maps (2r, r): the weaker model is drawn at half the intensity, not stretched."""
+    ramp = np.tile(np.linspace(0.0, 1.0, 40, dtype=np.float32), (32, 1))
+    raw = [[2 * ramp, ramp]]
+    kw = {"colormap": "gray", "alpha": 1.0}
+    shared = figure1([IMG], ["x"], [[ramp, ramp]], ["strong", "weak"], shared_scale=True,
+                     raw_cams=raw, **kw)
+    _, strong, weak = _pictures(shared)
+    np.testing.assert_array_equal(strong[..., 0], _gray(ramp))
+    np.testing.assert_array_equal(weak[..., 0], _gray(ramp / 2))
+    assert weak.max() == 128 and strong.max() == 255
+    bars = [ax for ax in shared.axes if not ax.get_images()]
+    assert len(bars) == 1 and bars[0].get_ylim() == pytest.approx((0.0, 2.0))  # raw units
+    separate = figure1([IMG], ["x"], [[ramp, ramp]], ["strong", "weak"], raw_cams=raw, **kw)
+    _, strong_own, weak_own = _pictures(separate)  # own min-max scaling: both full range
+    np.testing.assert_array_equal(strong_own, weak_own)
+    np.testing.assert_array_equal(strong_own, strong)
 
 
-def test_channel_figure_picks_top_channels() -> None:
+def test_shared_scale_row_of_zeros_draws_nothing() -> None:
+    zeros = np.zeros((32, 40), np.float32)
+    fig = figure1([IMG], ["x"], [[zeros]], ["m"], shared_scale=True, raw_cams=[[zeros]],
+                  colormap="gray", alpha=1.0)
+    assert (_pictures(fig)[1] == 0).all()
+
+
+def test_figure1_labels_under_input_and_models() -> None:
+    fig = figure1([IMG, IMG], [["tent", "a 90%", "b 40%"], "whale"], [[CAM, CAM]] * 2,
+                  ["A", "B"])
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_xlabel() for ax in panels] == ["tent", "a 90%", "b 40%", "whale", "", ""]
+    assert [ax.get_title() for ax in panels[:3]] == ["Input", "A", "B"]
+    np.testing.assert_array_equal(_pictures(fig)[0], IMG)
+
+
+# --- sizes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dpi", [72, 100, 300])
+def test_png_sizes_follow_the_formula(dpi: int) -> None:
+    row = PANEL + LABEL
+    cases = [
+        (figure1([IMG] * 2, ["x"] * 2, [[CAM] * 3] * 2, list("ABC")), 4 * PANEL, 2 * row),
+        (figure1([IMG], ["x"], [[CAM] * 3], list("ABC"), shared_scale=True,
+                 raw_cams=[[CAM] * 3]), 4 * PANEL + CBAR, row),
+        (_fig6(2), 4 * PANEL + CBAR, 2 * row),
+        (channel_figure(RNG.random((16, 3, 3)), RNG.random(16)), 8 * PANEL + CBAR, 2 * row),
+        (channel_figure(RNG.random((3, 3, 3)), RNG.random(3), top_k=1), 2 * PANEL + CBAR,
+         2 * row),
+        (depth_strip(IMG, {f"b{i}": CAM for i in range(16)}), 8 * PANEL, 2 * row),
+        (depth_strip(IMG, {f"b{i}": CAM for i in range(5)}, per_row=4), 4 * PANEL, 2 * row),
+    ]
+    for fig, width, height in cases:
+        expected = (_pixels(width, dpi), _pixels(height + TOP, dpi))
+        assert png_size(fig, dpi=dpi) == expected
+        assert _size(figure_to_png(fig, dpi=dpi)) == expected
+
+
+def test_png_size_truncates_like_matplotlib() -> None:
+    fig = figure1([IMG], ["x"], [[CAM] * 3], list("ABC"))  # 8.8 in wide
+    assert png_size(fig, dpi=72)[0] == 633  # 633.6 truncated, not rounded
+    assert png_size(fig, dpi=300) == (2640, 885)  # exact at the default
+
+
+# --- Figure 6 ---------------------------------------------------------------------------
+
+
+def test_figure6_two_images_have_eight_panels_and_a_bar_per_row() -> None:
+    fig = _fig6(2, captions=["dog (layer4.2)", "cat (layer4.2)"])
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 8
+    assert tuple(ax.get_title() for ax in panels[:4]) == FIGURE6_TITLES
+    assert [ax.get_title() for ax in panels[4:]] == [""] * 4
+    assert panels[0].get_xlabel() == "dog (layer4.2)" and panels[4].get_xlabel() == "cat (layer4.2)"
+    bars = [ax for ax in fig.axes if not ax.get_images()]
+    assert len(bars) == 2
+    assert bars[0].get_ylim() == pytest.approx((ATT.min(), ATT.max()), abs=1e-6)
+
+
+def test_figure6_attention_panel_is_upsampled_weights() -> None:
+    pictures = _pictures(_fig6(titles=("a", "b", "c", "d")))
+    attention = pictures[2]
+    assert attention.shape == (32, 40)  # the image's size, still raw weights (own scale)
+    assert ATT.min() - 1e-6 <= attention.min() and attention.max() <= ATT.max() + 1e-6
+    np.testing.assert_array_equal(pictures[0], overlay(IMG, CAM))
+    np.testing.assert_array_equal(pictures[3], overlay(IMG, 1 - CAM))
+
+
+# --- channels and depth -----------------------------------------------------------------
+
+
+def test_channel_figure_picks_top_channels_by_mean() -> None:
     means = np.array([0.1, 0.9, 0.5, 0.95, 0.2], np.float32)
     maps = RNG.random((5, 3, 3)).astype(np.float32)
     fig = channel_figure(maps, means, top_k=3, se_excitation=np.linspace(0, 1, 5), block="l4")
-    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
-    assert titles == ["ch 3", "ch 1", "ch 2"]
-    charts = [ax.get_title() for ax in fig.axes if not ax.get_images()]
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == [
+        "ch 3  mean 0.950", "ch 1  mean 0.900", "ch 2  mean 0.500"
+    ]
+    for ax, channel in zip(panels, (3, 1, 2), strict=True):
+        np.testing.assert_array_equal(ax.get_images()[0].get_array(), maps[channel])
+    charts = [ax.get_title() for ax in fig.axes if ax.patches]
     assert charts == ["SimAM channel means l4", "SE excitation l4"]
+    simam_bars = next(ax for ax in fig.axes if ax.patches).patches
+    assert [round(b.get_height(), 2) for b in simam_bars] == [0.95, 0.9, 0.5, 0.2, 0.1]
+
+
+def test_channel_figure_ties_by_index_and_unsorted_chart() -> None:
+    means = np.array([0.5, 0.7, 0.7, 0.6], np.float32)
+    fig = channel_figure(np.zeros((4, 2, 2)), means, top_k=10, sort=False)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
+    assert [t.split()[1] for t in titles] == ["1", "2", "3", "0"]  # top_k clamps to C
+    chart = next(ax for ax in fig.axes if ax.patches)
+    assert [round(b.get_height(), 2) for b in chart.patches] == [0.5, 0.7, 0.7, 0.6]
+    assert chart.get_title() == "SimAM channel means"
+
+
+def test_depth_strip_panels_in_block_order() -> None:
+    blocks = ["layer1.0", "layer2.3", "layer3.5", "layer4.2"]
+    cams = {b: np.full((7, 7), k / 3) for k, b in enumerate(blocks)}
+    fig = depth_strip(IMG, cams, colormap="gray", alpha=1.0)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == blocks
+    assert [int(p[0, 0, 0]) for p in _pictures(fig)] == [0, 85, 170, 255]
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+def test_save_png_writes_and_closes(tmp_path: Path) -> None:
+    fig = _fig6()
+    expected = png_size(fig, dpi=50)
+    path = save_png(fig, tmp_path / "f6.png", dpi=50)
+    assert path == tmp_path / "f6.png" and _size(path.read_bytes()) == expected
+    assert fig.axes == []  # cleared: nothing left holding the arrays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f6.png"]  # no temp file left
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode == plain.stat().st_mode  # ordinary permissions, not 0600
+
+
+def test_panel_png_native_resolution() -> None:
+    decoded = Image.open(io.BytesIO(panel_png(IMG)))
+    assert decoded.size == (40, 32) and decoded.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(decoded), IMG)
+    gray = Image.open(io.BytesIO(panel_png(np.array([[0.5, 1.0, 2.0]]))))
+    assert gray.size == (3, 1) and list(np.asarray(gray)[0]) == [128, 255, 255]
+
+
+def test_write_manifest_sorted_with_versions(tmp_path: Path) -> None:
+    data = {"target": np.int64(3), "block": "layer4.2", "lambda": np.float32(0.5),
+            "image_sha256": "ab" * 32, "models": ["SimAM-ResNet-50"]}
+    path = write_manifest(tmp_path / "m.json", data)
+    text = path.read_text()
+    loaded = json.loads(text)
+    assert list(loaded) == sorted(loaded) and text.startswith('{\n  "')
+    assert loaded["target"] == 3 and loaded["lambda"] == 0.5 and loaded["block"] == "layer4.2"
+    assert loaded["versions"]["numpy"] == np.__version__
+    assert loaded["versions"]["matplotlib"] == matplotlib.__version__
+    assert {"python", "torch", "pillow"} <= set(loaded["versions"])
+    assert loaded["created"].endswith("+00:00")
+    fixed = write_manifest(tmp_path / "n.json", {"created": "then", "versions": {"torch": "x"}})
+    again = json.loads(fixed.read_text())
+    assert again["created"] == "then" and again["versions"]["torch"] == "x"
+
+
+# --- threads and purity -----------------------------------------------------------------
+
+
+def _render_all() -> list[bytes]:
+    figs = [
+        figure1([IMG], ["x"], [[CAM, 1 - CAM]], ["A", "B"], shared_scale=True,
+                raw_cams=[[CAM, 2 * CAM]]),
+        _fig6(),
+        channel_figure(CH_MAPS, np.linspace(0.5, 1, 6), top_k=3, se_excitation=np.ones(6)),
+        depth_strip(IMG, {"layer1.0": CAM, "layer4.2": ATT}),
+    ]
+    return [figure_to_png(fig, dpi=40) for fig in figs]
 
 
 def test_rendering_is_thread_safe_and_deterministic() -> None:
-    def render() -> bytes:
-        fig = figure6([IMG], [CAM], [CAM], [RNG.random((4, 5)) * 0 + 0.5], [CAM])
-        return figure_to_png(fig, dpi=40)
+    serial = _render_all()
+    start = threading.Barrier(4)
+    results: list[list[bytes]] = []
 
-    serial = render()
-    results: list[bytes] = []
-    threads = [threading.Thread(target=lambda: results.extend(render() for _ in range(3)))
-               for _ in range(4)]
+    def worker() -> None:
+        start.wait()
+        for _ in range(2):
+            results.append(_render_all())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(results) == 12 and all(r == serial for r in results)
+    assert len(results) == 8 and all(r == serial for r in results)
 
 
-def test_panel_png_and_manifest(tmp_path) -> None:
-    assert _size(panel_png(IMG)) == (40, 32)
-    gray = Image.open(io.BytesIO(panel_png(np.full((2, 3), 0.5))))
-    assert gray.size == (3, 2) and gray.getpixel((0, 0)) == 128
-    path = write_manifest(tmp_path / "m.json", {"block": "layer4.2", "target": 3})
-    data = json.loads(path.read_text())
-    assert data["block"] == "layer4.2" and data["target"] == 3
-    assert {"numpy", "matplotlib", "torch", "python"} <= set(data["versions"])
-    assert "created" in data
+def test_module_imports_no_pyplot_torch_or_streamlit() -> None:
+    tree = ast.parse(Path(figures.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {n for n in names if n.split(".")[0] in {"torch", "streamlit"}}
+    assert "matplotlib.pyplot" not in names
