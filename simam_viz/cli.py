@@ -287,10 +287,8 @@ def _figure(args: argparse.Namespace) -> int:
     skipped, written = 0, 0
     for path in tqdm(paths, unit="image", disable=len(paths) < 2):
         try:
-            data = Path(path).read_bytes() if Path(path).is_file() else b""
-            if not data and not Path(path).is_file():
-                raise SimamVizError("no such file")
-            image = load_image(data)
+            image = load_image(path)  # checks the size cap before reading the file
+            data = Path(path).read_bytes()
             results = analyze_all(models, image, request)
         except SimamVizError as exc:
             tqdm.write(f"error: {path}: {exc} (skipped)", file=sys.stderr)
