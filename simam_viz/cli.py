@@ -138,6 +138,9 @@ def _fetch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every registered checkpoint")
     p.add_argument("--dir", help="destination folder (default: checkpoints/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--redistributable-only", action="store_true",
+                   help="refuse weights whose licence does not allow redistribution "
+                        "(for images that will be published)")
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -151,6 +154,12 @@ def _fetch(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise SimamVizError(f"unknown checkpoint {unknown[0]!r}; known: {', '.join(registry)}")
+    if args.redistributable_only:
+        closed = [n for n in names if not registry[n].redistributable]
+        if closed and not args.all:
+            raise SimamVizError(f"{closed[0]!r} may not be redistributed "
+                                "(its licence does not allow it); mount it at run time instead")
+        names = [n for n in names if n not in closed]
     folder = Path(args.dir) if args.dir else checkpoints_dir()
     failed = 0
     for name in names:

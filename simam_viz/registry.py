@@ -131,13 +131,21 @@ def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
     return by_name
 
 
+OFFICIAL_SUBDIR = "official"
+
+
 def find_present(entry: RegistryEntry, folder: str | Path | None = None) -> Path | None:
-    """The file of ``entry`` in ``folder`` (registered or candidate name), if any."""
+    """The file of ``entry`` in ``folder`` or its ``official/`` subfolder, if any.
+
+    The subfolder exists so that a read-only volume of downloaded weights can be mounted into a
+    container (``-v ~/weights:/app/checkpoints/official:ro``) without hiding the demo models.
+    """
     folder = Path(folder) if folder is not None else checkpoints_dir()
-    for name in entry.names:
-        path = folder / name
-        if path.is_file() and path.stat().st_size > 0:
-            return path
+    for where in (folder, folder / OFFICIAL_SUBDIR):
+        for name in entry.names:
+            path = where / name
+            if path.is_file() and path.stat().st_size > 0:
+                return path
     return None
 
 

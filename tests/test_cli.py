@@ -154,6 +154,31 @@ def test_fetch_dir_option(folder: Path, tmp_path: Path, capsys) -> None:
     assert (target / "tiny.pth").is_file() and not folder.exists()
 
 
+def test_fetch_redistributable_only(folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys) -> None:
+    """A published image must never bake in weights whose licence forbids it."""
+    assert cli.main(["fetch", "--redistributable-only", "tiny", "drive-simam", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'drive-simam' may not be redistributed") and err.count("\n") == 1
+    assert not folder.exists()  # refused before any download
+    # with --all the closed ones are left out and the rest are fetched (recorded, not fetched)
+    asked: list[str] = []
+    monkeypatch.setattr("simam_viz.fetch.fetch",
+                        lambda entry, where, progress: asked.append(entry.name) or where)
+    assert cli.main(["fetch", "--all", "--redistributable-only", "--quiet"]) == 0
+    assert asked == ["tiny", "tiny-404", "drive-eca"]
+
+
+def test_official_subfolder_is_found(folder: Path, capsys) -> None:
+    """Weights mounted into ``official/`` (a container volume) count as present."""
+    (folder / "official").mkdir(parents=True)
+    (folder / "official" / "tiny.pth").write_bytes(PAYLOAD)
+    entry = registry.load_registry()["tiny"]
+    assert registry.find_present(entry, folder) == folder / "official" / "tiny.pth"
+    assert cli.main(["list"]) == 0
+    assert _line(capsys.readouterr().out, "tiny").endswith("present, verified (tiny.pth)")
+
+
 def test_fetch_failure_is_one_line(folder: Path, server: str, capsys) -> None:
     assert cli.main(["fetch", "tiny-404", "--quiet"]) == 2
     captured = capsys.readouterr()

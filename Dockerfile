@@ -1,0 +1,59 @@
+# SimAM-Viz demo: the Streamlit app with the bundled demo models baked in.
+#
+#   docker build -t simam-viz .                                      # CUDA wheels (PyPI's torch)
+#   docker build -t simam-viz:cpu \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # small CPU image
+#   docker run --init -p 8501:8501 simam-viz                         # CPU
+#   docker run --init --gpus all -p 8501:8501 simam-viz              # GPU
+#   docker run --init -p 8501:8501 -v ~/weights:/app/checkpoints/official:ro simam-viz
+#
+# Official ImageNet weights are never baked in by default: mount them (above), or name
+# redistributable ones in FETCH to download them at build time (the build refuses the rest).
+FROM python:3.11-slim
+
+# Where torch and torchvision come from. Empty: the default index (PyPI ships CUDA builds, so
+# `--gpus all` works). A CPU-only index gives an image about 5 GB smaller.
+ARG TORCH_INDEX_URL=""
+# Registry names of official checkpoints to fetch at build time (redistributable ones only).
+ARG FETCH=""
+# Extra package sources for air-gapped builds (a mounted wheel mirror); pip reads them from the
+# environment. The CA bundle makes pip trust a TLS-inspecting proxy whose CA the base trusts.
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    SIMAM_VIZ_CHECKPOINTS=/app/checkpoints
+
+RUN python3 -m venv /opt/venv && pip install --upgrade pip
+
+COPY requirements.txt /tmp/requirements.txt
+# torch first, from the chosen index; the pins of requirements.txt then find it satisfied
+RUN pip install ${TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL} \
+        $(grep -E '^(torch|torchvision)==' /tmp/requirements.txt) \
+    && pip install -r /tmp/requirements.txt
+
+RUN useradd --create-home --uid 10001 app
+WORKDIR /app
+COPY --chown=root:root pyproject.toml README.md ./
+COPY --chown=root:root simam_viz ./simam_viz
+COPY --chown=root:root app ./app
+COPY --chown=root:root .streamlit ./.streamlit
+COPY --chown=root:root checkpoints ./checkpoints
+RUN pip install --no-deps -e . \
+    && if [ -n "$FETCH" ]; then simam-viz fetch --redistributable-only $FETCH; fi \
+    && mkdir -p /app/checkpoints/official \
+    && python -c "import simam_viz.catalog as c; print([i.key for i in c.available()])"
+
+USER app
+EXPOSE 8501
+# slim images have no curl: probe Streamlit's health endpoint with Python
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).read() != b'ok')"]
+CMD ["streamlit", "run", "app/streamlit_app.py", "--server.address=0.0.0.0", "--server.port=8501"]
