@@ -357,6 +357,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch saved")
+    p.add_argument("--init", metavar="DIR",
+                   help="start from the checkpoints an earlier run wrote to DIR (fine-tuning)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -372,7 +375,8 @@ def _train(args: argparse.Namespace) -> int:
                       size=args.size, dilate_last=not args.no_dilate_last, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       simam_lambda=args.simam_lambda, max_steps=args.max_steps,
-                      device=str(device), resume=args.resume)
+                      device=str(device), resume=args.resume, init=args.init,
+                      warmup_epochs=args.warmup_epochs)
     for arch, path in train(cfg).items():
         print(f"{arch}: {path}")
     return 0

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from simam_viz.checkpoints import save_checkpoint
+from simam_viz.checkpoints import file_sha256, load_model, save_checkpoint
 from simam_viz.errors import SimamVizError
 from simam_viz.models import ARCHS, build_model
 from simam_viz.preprocess import Preprocessing
@@ -56,6 +56,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke tests)
     device: str = "cpu"
     resume: bool = False
+    init: str | None = None  # folder of an earlier run's checkpoints to start from (fine-tune)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +133,8 @@ def _train_one(cfg: TrainConfig, arch: str, train_set, evals, rank: int, world: 
     torch.manual_seed(cfg.seed)  # identical initial weights for every variant and rank
     model = build_model(arch, num_classes=len(train_set.classes), width=cfg.width,
                         simam_lambda=cfg.simam_lambda, dilate_last=cfg.dilate_last).to(device)
+    if cfg.init is not None:
+        _load_init(model, Path(cfg.init) / f"{arch}.safetensors", list(train_set.classes))
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -151,7 +154,8 @@ def _train_one(cfg: TrainConfig, arch: str, train_set, evals, rank: int, world: 
     total = cfg.epochs * steps_per_epoch
     out = Path(cfg.out)
     state_path = out / f".{arch}.state.pt"
-    start_epoch, step = 0, 0
+    start_epoch, step, before = 0, 0, 0.0
+    history: list[dict[str, Any]] = []
     if cfg.resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -159,7 +163,9 @@ def _train_one(cfg: TrainConfig, arch: str, train_set, evals, rank: int, world: 
         order.set_state(state["order"])
         torch.set_rng_state(state["rng"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
-    history = []
+        # time and history of the epochs before the interruption, so the record stays whole
+        before = float(state.get("seconds", 0.0))
+        history = list(state.get("history", []))
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
@@ -180,18 +186,40 @@ def _train_one(cfg: TrainConfig, arch: str, train_set, evals, rank: int, world: 
                 break
         val = evaluate_accuracy(model, evals["val"], device=cfg.device) if "val" in evals else None
         history.append({"epoch": epoch + 1, "step": step, "val_top1": val,
-                        "seconds": round(time.perf_counter() - started, 1)})
+                        "seconds": round(before + time.perf_counter() - started, 1)})
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             tmp = state_path.with_suffix(".part")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "order": order.get_state(), "rng": torch.get_rng_state(),
-                        "epoch": epoch + 1, "step": step}, tmp)
+                        "epoch": epoch + 1, "step": step, "history": history,
+                        "seconds": before + time.perf_counter() - started}, tmp)
             tmp.replace(state_path)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
     return {"model": model, "history": history, "steps": step,
-            "seconds": time.perf_counter() - started}
+            "seconds": before + time.perf_counter() - started}
+
+
+def _load_init(model: nn.Module, path: Path, classes: list[str]) -> None:
+    """Start from an earlier run's weights: same architecture, same classes in the same order."""
+    if not path.is_file():
+        raise SimamVizError(f"--init: no checkpoint {path}")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    if sidecar.get("class_names") != classes:
+        raise SimamVizError(f"--init: {path.name} was trained on other classes than {classes}")
+    model.load_state_dict(load_model(path).state_dict())
+
+
+def _init_provenance(cfg: TrainConfig, arch: str) -> dict[str, Any] | None:
+    """What the run started from, so the total training time and history stay on record."""
+    if cfg.init is None:
+        return None
+    path = Path(cfg.init) / f"{arch}.safetensors"
+    prov = json.loads(path.with_suffix(".json").read_text()).get("provenance", {})
+    return {"checkpoint": str(path), "sha256": file_sha256(path),
+            **{k: prov.get(k) for k in ("data", "data_meta", "config", "history",
+                                        "train_seconds", "val_top1", "test_top1")}}
 
 
 def _class_glyphs(root: Path) -> dict[str, list[str]]:
@@ -228,6 +256,7 @@ def train(cfg: TrainConfig) -> dict[str, Path]:
             "world_size": world,
             "history": run["history"],
             "train_seconds": round(run["seconds"], 1),
+            "init": _init_provenance(cfg, arch),
             "torch": torch.__version__,
         }
         written[arch] = save_checkpoint(model.cpu(), Path(cfg.out) / arch,

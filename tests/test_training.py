@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from simam_viz import cli, load_model
+from simam_viz.errors import SimamVizError
 from simam_viz.training import TrainConfig, train
 
 
@@ -76,12 +77,31 @@ def test_resume_continues_from_the_saved_epoch(tiny_data: Path, tmp_path: Path) 
     train(_cfg(tiny_data, tmp_path, epochs=1))
     resumed = train(_cfg(tiny_data, tmp_path, epochs=2, resume=True))
     history = load_model(resumed["simam_resnet50"]).simam_viz.extra["provenance"]["history"]
-    assert [h["epoch"] for h in history] == [2]  # epoch 1 came from the saved state
-    assert history[0]["step"] == 2 * 3  # 24 images / batch 8 = 3 steps per epoch
+    # epoch 1 came from the saved state, and its record with it
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["step"] for h in history] == [3, 6]  # 24 images / batch 8 = 3 steps per epoch
+    assert history[1]["seconds"] >= history[0]["seconds"] > 0
     straight = train(_cfg(tiny_data, tmp_path / "straight", epochs=2))
     a = load_model(resumed["simam_resnet50"]).state_dict()
     b = load_model(straight["simam_resnet50"]).state_dict()
     assert _digest(a) == _digest(b)  # resuming gives exactly the uninterrupted result
+
+
+def test_init_starts_from_an_earlier_run(tiny_data: Path, tmp_path: Path) -> None:
+    """Fine-tuning: the second run starts from the first run's weights and records them."""
+    first = train(_cfg(tiny_data, tmp_path / "a", max_steps=2))["simam_resnet50"]
+    start = load_model(first).state_dict()
+    # zero steps of the second run (lr 0 throughout) must leave the weights where they were
+    second = train(_cfg(tiny_data, tmp_path / "b", init=str(tmp_path / "a"), lr=0.0,
+                        max_steps=1))["simam_resnet50"]
+    after = load_model(second).state_dict()
+    params = [k for k in start if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(start[k], after[k]) for k in params)
+    init = load_model(second).simam_viz.extra["provenance"]["init"]
+    assert init["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert init["history"][0]["step"] == 2
+    with pytest.raises(SimamVizError, match="no checkpoint"):
+        train(_cfg(tiny_data, tmp_path / "c", init=str(tmp_path / "missing"), max_steps=1))
 
 
 RANK_SCRIPT = """
