@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: install system-deps run test lint clean demo-weights evaluate-demo
+.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo docker-smoke
 
 install: $(STAMP)
 
@@ -25,8 +25,12 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check simam_viz app tests scripts benchmarks
 
-test: install system-deps lint
+test: install system-deps lint audit
 	$(PY) -m pytest -q
+
+# Known vulnerabilities in the pinned requirements (fails on any that is not explained).
+audit: install
+	$(PY) scripts/audit.py
 
 # Reproduce checkpoints/demo/: generate the scenes, train the three variants identically
 # (same seed, data order, augmentation, schedule), evaluate, copy the weights in place.
@@ -39,6 +43,10 @@ demo-weights: install system-deps
 evaluate-demo: install
 	$(VENV)/bin/simam-viz evaluate --data build/scenes --split test \
 		--methods gradcam gradcam++ layercam --csv build/study.csv
+
+# Build the Docker image with podman and probe it (health, page, upload in a real browser).
+docker-smoke: install system-deps
+	bash scripts/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
