@@ -34,7 +34,8 @@ export BUILD_ARGS
 
 start=$SECONDS
 # 1. build, run, poll HTTP and the HEALTHCHECK (the helper removes its container afterwards)
-PORT=$PORT URL_PATH=/ WAIT_S=${WAIT_S:-180} bash "$SMOKE" "$ROOT" "$IMG"
+# (the helper maps the same port on both sides, so it probes the app on its own port 8501)
+PORT=8501 URL_PATH=/ WAIT_S=${WAIT_S:-180} bash "$SMOKE" "$ROOT" "$IMG"
 build_s=$((SECONDS - start))
 export CONTAINERS_CONF="$WORK/containers.conf"
 
