@@ -347,6 +347,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    choices=list(ARCHS))
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--test-size", type=int,
+                   help="inference resolution stored in the checkpoint (default: --size)")
     p.add_argument("--no-dilate-last", action="store_true",
                    help="keep layer4 at stride 32 (default: dilated, maps twice as fine)")
     p.add_argument("--epochs", type=int, default=28)
@@ -372,7 +374,8 @@ def _train(args: argparse.Namespace) -> int:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = resolve_device(f"cuda:{os.environ['LOCAL_RANK']}")
     cfg = TrainConfig(data=args.data, out=args.out, archs=tuple(args.archs), width=args.width,
-                      size=args.size, dilate_last=not args.no_dilate_last, epochs=args.epochs,
+                      size=args.size, test_size=args.test_size,
+                      dilate_last=not args.no_dilate_last, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       simam_lambda=args.simam_lambda, max_steps=args.max_steps,
                       device=str(device), resume=args.resume, init=args.init,

@@ -87,6 +87,18 @@ def test_resume_continues_from_the_saved_epoch(tiny_data: Path, tmp_path: Path) 
     assert _digest(a) == _digest(b)  # resuming gives exactly the uninterrupted result
 
 
+def test_test_size_is_the_checkpoints_inference_resolution(tiny_data: Path, tmp_path: Path):
+    """Train at 48 px, record 64 px: users of the checkpoint then preprocess at 64 px."""
+    from simam_viz.training import _datasets
+
+    cfg = _cfg(tiny_data, tmp_path, test_size=64, max_steps=1)
+    train_set, evals = _datasets(cfg)
+    assert train_set[0][0].shape[-1] == 48 and evals["val"][0][0].shape[-1] == 64
+    model = load_model(train(cfg)["simam_resnet50"])
+    assert model.simam_viz.preprocessing.crop == 64
+    assert model.simam_viz.extra["provenance"]["config"]["test_size"] == 64
+
+
 def test_init_starts_from_an_earlier_run(tiny_data: Path, tmp_path: Path) -> None:
     """Fine-tuning: the second run starts from the first run's weights and records them."""
     first = train(_cfg(tiny_data, tmp_path / "a", max_steps=2))["simam_resnet50"]
