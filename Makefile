@@ -40,7 +40,7 @@ demo-weights: install system-deps
 	$(VENV)/bin/simam-viz train --data build/scenes --out build/demo-stage1 --epochs 28 --device cpu
 	$(VENV)/bin/simam-viz scenes build/scenes_more --seed 1 --size 128 --train 18000 --val 480 --test 120
 	$(VENV)/bin/simam-viz train --data build/scenes_more --out build/demo --init build/demo-stage1 \
-		--epochs 3 --lr 0.02 --warmup-epochs 0.2 --device cpu
+		--epochs 3 --lr 0.02 --warmup-epochs 0.2 --test-size 160 --device cpu
 	bash scripts/install-demo-weights.sh build/demo checkpoints/demo
 
 # The localization study of README (test split, all three demo models).
