@@ -11,6 +11,7 @@ The project's own format is safetensors plus a JSON sidecar carrying what the te
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import zipfile
@@ -359,6 +360,17 @@ def load_model(
     return prepare_model(model, torch.device(device))
 
 
+def readable_by_all(path: str | Path) -> None:
+    """Give a written checkpoint the umask's usual mode (safetensors and mkstemp make it 0600).
+
+    A file only its writer can read breaks the app when another user serves it, e.g. the
+    non-root user of the Docker image reading weights fetched or copied in as root.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
     import hashlib
@@ -405,6 +417,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".safetensors.part")
     save_file(state, str(tmp), metadata={"format": OWN_FORMAT})
+    readable_by_all(tmp)
     tmp.replace(path)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return path

@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from simam_viz.checkpoints import readable_by_all
 from simam_viz.errors import FetchError
 from simam_viz.registry import RegistryEntry, find_present, hash_matches, verify_file
 
@@ -218,6 +219,7 @@ def fetch(
                 "the download was discarded"
             )
         final = folder / entry.filename
+        readable_by_all(tmp)
         os.replace(tmp, final)
         return final
     finally:

@@ -103,6 +103,8 @@ def test_own_format_roundtrip(tmp_path: Path) -> None:
         provenance={"commit": "abc"},
     )
     assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+    # same mode as the JSON sidecar (the umask's), not safetensors' owner-only 0600
+    assert path.stat().st_mode & 0o777 == path.with_suffix(".json").stat().st_mode & 0o777
     loaded = load_model(path)
     info = loaded.simam_viz
     assert info.layout == "simam_viz" and info.class_names == ["a", "b", "c"]

@@ -142,6 +142,10 @@ def test_fetch_downloads_then_lists_verified(folder: Path, capsys) -> None:
     captured = capsys.readouterr()
     assert captured.out.strip() == f"tiny: {folder / 'tiny.pth'}" and captured.err == ""
     assert (folder / "tiny.pth").read_bytes() == PAYLOAD
+    umask = os.umask(0)
+    os.umask(umask)
+    # readable by the other users a server may run as (mkstemp alone would leave 0600)
+    assert (folder / "tiny.pth").stat().st_mode & 0o777 == 0o666 & ~umask
     assert cli.main(["fetch", "tiny"]) == 0  # already there: no download, same answer
     assert capsys.readouterr().out.strip() == f"tiny: {folder / 'tiny.pth'}"
     assert cli.main(["list"]) == 0
