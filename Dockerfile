@@ -48,7 +48,7 @@ COPY --chown=root:root .streamlit ./.streamlit
 COPY --chown=root:root checkpoints ./checkpoints
 RUN pip install --no-deps -e . \
     && if [ -n "$FETCH" ]; then simam-viz fetch --redistributable-only $FETCH; fi \
-    && mkdir -p /app/checkpoints/official \
+    && mkdir -p /app/checkpoints/official && chmod -R a+rX /app \
     && python -c "import simam_viz.catalog as c; print([i.key for i in c.available()])"
 
 USER app

@@ -1,0 +1,54 @@
+"""The shipped demo checkpoints: load, hashes, accuracy on fresh generated scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from simam_viz import load_model
+from simam_viz.checkpoints import file_sha256
+from simam_viz.scenes import CLASS_NAMES, FONT_PATH, SceneGenerator
+
+DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+ARCHS = ("resnet50", "se_resnet50", "simam_resnet50")
+
+
+def _sums() -> dict[str, str]:
+    lines = (DEMO / "SHA256SUMS").read_text().splitlines()
+    return {name.strip(): digest for digest, name in (line.split(maxsplit=1) for line in lines)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shipped_checkpoint_loads_and_matches_its_hash(arch: str) -> None:
+    path = DEMO / f"{arch}.safetensors"
+    assert path.stat().st_size <= 8 * 1024 * 1024
+    model = load_model(path)
+    info = model.simam_viz
+    assert info.arch == arch and info.layout == "simam_viz"
+    assert info.sha256 == _sums()[path.name] == file_sha256(path)
+    assert info.class_names == sorted(CLASS_NAMES)
+    assert info.extra["provenance"]["class_glyphs"]["dog"][0].startswith("U+")
+
+
+@pytest.fixture(scope="module")
+def fresh_scenes():
+    if not FONT_PATH.is_file():
+        pytest.skip("needs fonts-noto-color-emoji (make system-deps)")
+    gen = SceneGenerator(seed=20261124, size=128)  # not the training seed: unseen scenes
+    classes = sorted(CLASS_NAMES)
+    scenes = [gen.sample("test", i) for i in range(200)]
+    return [(s.image, classes.index(s.class_name)) for s in scenes]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_accuracy_on_200_fresh_scenes(arch: str, fresh_scenes) -> None:
+    model = load_model(DEMO / f"{arch}.safetensors")
+    prep = model.simam_viz.preprocessing
+    x = torch.cat([prep(image) for image, _ in fresh_scenes])
+    labels = torch.tensor([label for _, label in fresh_scenes])
+    with torch.inference_mode():
+        pred = torch.cat([model(chunk).argmax(1) for chunk in x.split(50)])
+    accuracy = (pred == labels).float().mean().item() * 100
+    assert accuracy >= 95.0, f"{arch}: {accuracy:.1f}% on 200 fresh scenes"
