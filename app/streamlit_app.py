@@ -58,9 +58,24 @@ def get_service() -> Service:
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=12)
-def get_model(key: str, sha_hint: float, device: str) -> torch.nn.Module:
-    """Models are loaded once per (checkpoint, file version, device) and shared."""
-    return catalog.load(catalog.resolve(key, checkpoints_dir()), device)
+def get_model(key: str, version: tuple[int, ...], device: str,
+              _item: catalog.CatalogItem) -> torch.nn.Module:
+    """Models are loaded once per (checkpoint, file version, device) and shared.
+
+    ``version`` (``catalog.file_version``) changes when the file is replaced, so a new file
+    under an old name is loaded afresh; ``_item`` is not hashed, it says which file to read.
+    """
+    return catalog.load(_item, device)
+
+
+@st.cache_resource
+def loaded_versions() -> dict[tuple[str, str], tuple[int, ...]]:
+    """The file version each (checkpoint path, device) was last loaded from, for all sessions.
+
+    A file deleted after it was loaded keeps serving the loaded model (looked up under this
+    version) until the catalog, re-read every 20 s, stops offering it.
+    """
+    return {}
 
 
 @st.cache_data(ttl=20, show_spinner=False)
@@ -109,15 +124,35 @@ def choose_models() -> list[catalog.CatalogItem]:
     return [by_key[k] for k in keys]
 
 
-def load_models(items: list[catalog.CatalogItem], device: str) -> list[torch.nn.Module]:
-    models = []
+def load_models(
+    items: list[catalog.CatalogItem], device: str
+) -> tuple[list[catalog.CatalogItem], list[torch.nn.Module], list[str]]:
+    """The items that loaded, their models, and one line per checkpoint that did not.
+
+    A missing or corrupt file must not take the other models off the page.
+    """
+    known = loaded_versions()
+    kept, models, problems = [], [], []
     for item in items:
         try:
-            version = item.path.stat().st_mtime
-        except OSError as exc:
-            raise SimamVizError(f"{item.path.name} disappeared; refresh the page") from exc
-        models.append(get_model(item.key, version, device))
-    return models
+            version = catalog.file_version(item.path)
+        except OSError:
+            version = known.get((str(item.path), device))
+            if version is None:
+                problems.append(f"{item.path.name}: no such checkpoint file")
+                continue
+        try:
+            model = get_model(item.key, version, device, item)
+        except SimamVizError as exc:
+            problems.append(str(exc))
+            continue
+        except OSError as exc:  # deleted or unreadable between the checks and the read
+            problems.append(f"{item.path.name}: cannot be read ({type(exc).__name__})")
+            continue
+        known[(str(item.path), device)] = version
+        kept.append(item)
+        models.append(model)
+    return kept, models, problems
 
 
 def settings() -> dict:
@@ -334,7 +369,11 @@ def main() -> None:
         return
     data, name = picked
     image = load_image(data)
-    models = load_models(items, device)
+    items, models, problems = load_models(items, device)
+    for problem in problems:
+        st.error(problem)
+    if not models:
+        return
     st.session_state["_classes"] = list(models[0].simam_viz.class_names)
     first = run(items, models, data, image, device, None, opts)
     target = pick_target(first)

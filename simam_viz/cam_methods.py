@@ -29,6 +29,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -73,6 +74,20 @@ def _cam_object(method: CamMethod, model: nn.Module | None) -> BaseCAM:
     return method.cls(model if model is not None else _NULL_MODEL, [])
 
 
+def _undo_ablation(cam_object: BaseCAM, model: nn.Module | None,
+                   target_layer: nn.Module | None, hooks: set[int]) -> None:
+    """Put a shared model back after AblationCAM failed mid-way (a CUDA OOM in a batch).
+
+    The library swaps ``target_layer`` for its ablation layer and hooks it, and undoes both
+    only when it finishes; an exception in between would leave the model altered for good.
+    """
+    if isinstance(cam_object, AblationCAM) and model is not None and target_layer is not None:
+        replace_layer_recursive(model, cam_object.ablation_layer, target_layer)
+    if target_layer is not None:
+        for handle_id in set(target_layer._forward_hooks) - hooks:
+            del target_layer._forward_hooks[handle_id]
+
+
 def compute_cam(
     method: CamMethod,
     activations: np.ndarray,
@@ -93,10 +108,15 @@ def compute_cam(
     cam_object = _cam_object(method, model if method.slow else None)
     targets = [ClassifierOutputTarget(target)]
     size = (input_tensor.shape[-1], input_tensor.shape[-2])  # cv2 wants (width, height)
-    with torch.no_grad():
-        cam = cam_object.get_cam_image(
-            input_tensor, target_layer, targets, activations, gradients, eigen_smooth=False
-        )
+    hooks = set(target_layer._forward_hooks) if target_layer is not None else set()
+    try:
+        with torch.no_grad():
+            cam = cam_object.get_cam_image(
+                input_tensor, target_layer, targets, activations, gradients, eigen_smooth=False
+            )
+    except BaseException:
+        _undo_ablation(cam_object, model, target_layer, hooks)
+        raise
     cam = np.maximum(cam, 0)
     scaled = scale_cam_image(cam, size)
     scaled = cam_object.aggregate_multi_layers([scaled[:, None, :]])

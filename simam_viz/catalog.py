@@ -16,7 +16,7 @@ from simam_viz.models import ARCHS
 from simam_viz.preprocess import Preprocessing
 from simam_viz.registry import RegistryEntry, checkpoints_dir, find_present, load_registry
 
-__all__ = ["CHECKPOINT_SUFFIXES", "CatalogItem", "available", "resolve"]
+__all__ = ["CHECKPOINT_SUFFIXES", "CatalogItem", "available", "file_version", "resolve"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".safetensors")
 
@@ -108,6 +108,28 @@ def resolve(spec: str, folder: str | Path | None = None) -> CatalogItem:
         return CatalogItem(f"file/{path.name}", path, ident.arch, "user file")
     known = ", ".join(i.key for i in items) or "none (run `simam-viz list`)"
     raise CheckpointError(f"unknown checkpoint {spec!r}; available: {known}")
+
+
+def file_version(path: str | Path) -> tuple[int, ...]:
+    """Which version of a checkpoint (and its JSON sidecar) is on disk, without reading it.
+
+    Caches of loaded models are keyed on this, so a file replaced while the app runs is
+    loaded again. Inode, size and mtime catch ordinary replacements; ctime also catches an
+    in-place rewrite of the same size whose mtime was restored (``utime`` cannot set ctime).
+    Hashing instead would read hundreds of MB on every rerun. Raises ``OSError`` when the
+    checkpoint itself is gone; a missing sidecar is simply left out.
+    """
+    path = Path(path)
+    parts: list[int] = []
+    for candidate in (path, path.with_suffix(".json")):
+        try:
+            st = candidate.stat()
+        except FileNotFoundError:
+            if candidate == path:
+                raise
+            continue
+        parts += [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return tuple(parts)
 
 
 def load(item: CatalogItem, device: str = "cpu"):

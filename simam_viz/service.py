@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ class Service:
                                      method=key.method, simam_lambda=key.simam_lambda)
             result.timings["total"] = time.perf_counter() - start
         except torch.cuda.OutOfMemoryError as exc:
+            # the traceback's frames still hold the failed pass's tensors (activations,
+            # graph); drop them first, or empty_cache has nothing to give back
+            traceback.clear_frames(exc.__traceback__)
             self.cache.clear()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
