@@ -92,7 +92,8 @@ def _select(page, label: str, option: str) -> None:
 
 def test_upload_browse_download_and_recover(server: str, browser) -> None:
     context, page = open_session(browser, server)
-    upload(page, "first.png", png_bytes(1))
+    # a real scene (one of the gallery examples): the screenshots in README show it
+    upload(page, "dog.png", (ROOT / "app" / "examples" / "scene_dog_3.png").read_bytes())
     wait_images(page)
     assert page.get_by_text("Device").count() >= 1
     _shot(page, "compare")
