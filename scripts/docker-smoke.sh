@@ -16,8 +16,9 @@ WORK=${WORK:-/tmp/simam-viz-ctr}
 export WORK
 # the Debian mirror apt uses (the helper's own lookup trips over `set -o pipefail` when one of
 # the sources files it globs for does not exist)
-MIRROR=${MIRROR:-$(grep -hoE 'https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/* \
-  2>/dev/null | grep -v -- '-security' | head -n1 || true)}
+MIRROR=${MIRROR:-$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+  /etc/apt/sources.list.d/*.list 2>/dev/null | grep -E '^(deb |URIs:)' | grep -oE 'https?://[^ ]+' \
+  | grep -v -- '-security' | head -n1 || true)}
 export MIRROR=${MIRROR:-http://deb.debian.org/debian}
 [ -f "$SMOKE" ] || { echo "error: $SMOKE not found (set SMOKE=...)"; exit 2; }
 ls "$ROOT"/checkpoints/demo/*.safetensors >/dev/null 2>&1 \
@@ -35,7 +36,11 @@ export BUILD_ARGS
 start=$SECONDS
 # 1. build, run, poll HTTP and the HEALTHCHECK (the helper removes its container afterwards)
 # (the helper maps the same port on both sides, so it probes the app on its own port 8501)
-PORT=8501 URL_PATH=/ WAIT_S=${WAIT_S:-180} bash "$SMOKE" "$ROOT" "$IMG"
+PORT=8501 URL_PATH=/ WAIT_S=${WAIT_S:-180} bash "$SMOKE" "$ROOT" "$IMG" || {
+  rc=$?; echo "error: container smoke test failed (status $rc)"
+  [ -f "$WORK/debootstrap.log" ] && tail -n 5 "$WORK/debootstrap.log"
+  exit $rc
+}
 build_s=$((SECONDS - start))
 export CONTAINERS_CONF="$WORK/containers.conf"
 
