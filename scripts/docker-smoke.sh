@@ -58,9 +58,9 @@ cold=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
 user=$(podman exec "$cid" id -u)
 [ "$user" != 0 ] || { echo "error: the app runs as root in the container"; exit 1; }
 
-# 3. the real browser test, against the container
+# 3. the real browser tests (views, downloads, two sessions, every bad input), against the container
 SIMAM_VIZ_URL="http://127.0.0.1:$PORT" "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider \
-  "$ROOT/tests/test_browser.py" -k "upload_browse or two_sessions"
+  "$ROOT/tests/test_browser.py" "$ROOT/tests/test_upload_bad_input.py"
 
 size=$(podman image inspect -f '{{.Size}}' "$IMG" | awk '{printf "%.2f GB", $1/1e9}')
 echo "docker-smoke passed: image $size, build+first probe ${build_s}s, cold start to healthy ${cold}s, uid $user"
