@@ -84,11 +84,15 @@ class ResultCache:
 class Service:
     """Bounded, cached analyses over shared models."""
 
-    def __init__(self, *, max_concurrent: int | None = None, wait_s: float = 5.0,
+    def __init__(self, *, max_concurrent: int | None = None, wait_s: float | None = None,
                  cache_size: int = 24) -> None:
+        """Bounds from the arguments, else ``$SIMAM_VIZ_MAX_CONCURRENT`` (analyses at once,
+        default 2) and ``$SIMAM_VIZ_BUSY_WAIT_S`` (how long a request waits for a slot before
+        it is told the server is busy, default 5 s), so an operator can tune a deployment."""
         limit = max_concurrent or int(os.environ.get("SIMAM_VIZ_MAX_CONCURRENT", "2"))
         self._slots = threading.BoundedSemaphore(max(1, limit))
-        self.wait_s = wait_s
+        self.wait_s = wait_s if wait_s is not None else float(
+            os.environ.get("SIMAM_VIZ_BUSY_WAIT_S", "5"))
         self.cache = ResultCache(cache_size)
         self.analyze_fn: Callable[..., Analysis] = analyze  # replaceable for fault injection
 

@@ -113,6 +113,17 @@ def test_service_caches_by_key() -> None:
     assert len(first.blocks) == 16  # one pass gives every block: block changes are free
 
 
+def test_bounds_come_from_the_environment(monkeypatch) -> None:
+    """Operators tune a deployment without code: slots and the busy wait from the env."""
+    monkeypatch.setenv("SIMAM_VIZ_MAX_CONCURRENT", "3")
+    monkeypatch.setenv("SIMAM_VIZ_BUSY_WAIT_S", "0.25")
+    service = Service()
+    assert service.wait_s == 0.25
+    assert all(service._slots.acquire(timeout=0) for _ in range(3))
+    assert not service._slots.acquire(timeout=0)
+    assert Service(max_concurrent=1, wait_s=2.0).wait_s == 2.0  # arguments win
+
+
 def test_busy_instead_of_unbounded_queue() -> None:
     service, model = Service(max_concurrent=1, wait_s=0.2), _model()
     started = threading.Event()
