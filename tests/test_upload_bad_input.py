@@ -214,9 +214,11 @@ COUNT_RUNS = """() => {
   if (window.__runs !== undefined) return;
   window.__runs = 0;
   const app = document.querySelector("[data-testid='stApp']");
-  new MutationObserver(() => {
-    if (app.getAttribute("data-test-script-state") === "running") window.__runs++;
-  }).observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
+  // count runs that ended: one record per change, even when several arrive in one callback
+  new MutationObserver((records) => {
+    for (const r of records) if (r.oldValue === "running") window.__runs++;
+  }).observe(app, {attributes: true, attributeOldValue: true,
+                   attributeFilter: ["data-test-script-state"]});
 }"""
 
 
