@@ -24,11 +24,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from simam_viz.errors import ImageError
 
-__all__ = ["ALLOWED_FORMATS", "MAX_BYTES", "MAX_PIXELS", "image_sha256", "load_image"]
+__all__ = ["ALLOWED_FORMATS", "MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "image_sha256",
+           "load_image"]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 MAX_BYTES = 10 * 2**20
 MAX_PIXELS = 40_000_000
+# Longer side over shorter side. Models resize the *shorter* side to their input size before
+# cropping, so a 40000x1 PNG (40 KP, ~200 bytes) would become 6.4 M x 160 pixels: gigabytes.
+# 100:1 keeps that to tens of MB at the usual input sizes (160-256) and passes real panoramas.
+MAX_ASPECT = 100
 
 _ACCEPTED = "expected a JPEG, PNG, WebP, BMP or GIF image"
 # Magic numbers of the allowed formats: a file that starts like one of them but that Pillow
@@ -179,9 +184,10 @@ def load_image(
 
     ``source`` is the raw bytes, a path, or a binary file object (read from where it stands).
     Accepts JPEG, PNG, WebP, BMP and GIF (the first frame of animations) up to ``max_bytes``
-    and ``max_pixels``. Every problem with the input, whatever Pillow raised, comes out as one
-    ``ImageError`` whose one-line message says what is wrong and what is accepted; a source of
-    the wrong Python type is a caller bug and raises ``TypeError``.
+    and ``max_pixels``, with sides at most ``MAX_ASPECT`` to 1. Every problem with the input,
+    whatever Pillow raised, comes out as one ``ImageError`` whose one-line message says what is
+    wrong and what is accepted; a source of the wrong Python type is a caller bug and raises
+    ``TypeError``.
     """
     data = _read_bytes(source, max_bytes)
     try:
@@ -195,6 +201,9 @@ def load_image(
             if width * height > max_pixels:
                 raise ImageError(f"image is {width}x{height} pixels, over the "
                                  f"{max_pixels / 1e6:g} MP limit")
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                raise ImageError(f"image is {width}x{height} pixels, over the "
+                                 f"{MAX_ASPECT}:1 aspect ratio limit")
             im.load()
             rgb = _to_rgb(_upright(im))
             rgb.load()

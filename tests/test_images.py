@@ -134,6 +134,8 @@ BAD = {
     "png 8000x8000 (under pillow's limit)": (lambda: _png_declaring(8000, 8000),
                                              "8000x8000 pixels, over the 40 MP limit"),
     "png 1x50000000": (lambda: _png_declaring(1, 50_000_000), "over the 40 MP limit"),
+    "png 40000x1 (tiny, but huge once resized)": (lambda: _png_declaring(40000, 1),
+                                                  "40000x1 pixels, over the 100:1 aspect"),
     "gif 65535x65535": (lambda: _gif_declaring(65535, 65535), "too large"),
     "jpeg 65535x65535": (lambda: _jpeg_declaring(65535, 65535), "too large"),
     "over the byte cap": (lambda: b"\x89PNG\r\n\x1a\n" + bytes(MAX_BYTES), "over the 10 MB limit"),
