@@ -60,7 +60,7 @@ user=$(podman exec "$cid" id -u)
 
 # 3. the real browser tests (views, downloads, two sessions, every bad input), against the container
 SIMAM_VIZ_URL="http://127.0.0.1:$PORT" "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider \
-  "$ROOT/tests/test_browser.py" "$ROOT/tests/test_upload_bad_input.py"
+  "$ROOT/tests/test_browser.py" "$ROOT/tests/test_bad_input.py"
 
 size=$(podman image inspect -f '{{.Size}}' "$IMG" | awk '{printf "%.2f GB", $1/1e9}')
 echo "docker-smoke passed: image $size, build+first probe ${build_s}s, cold start to healthy ${cold}s, uid $user"
