@@ -35,12 +35,16 @@ audit: install
 # Reproduce checkpoints/demo/: generate the scenes, train the three variants identically
 # (same seed, data order, augmentation, schedule), then fine-tune them on 18000 fresh scenes
 # (more data beat more epochs: 28 epochs of 6000 scenes overfit at 94-96%), copy in place.
+# Sizes are 16k+1 (129 to train, 161 to test): then the stride-16 grid's first and last cells
+# sit on the image's first and last pixels, so neither the network nor the CAM's upsampling
+# favours one side. Blocks start as the identity (zero-init residual, the train default).
 demo-weights: install system-deps
 	$(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 --gallery app/examples
-	$(VENV)/bin/simam-viz train --data build/scenes --out build/demo-stage1 --epochs 28 --device cpu
+	$(VENV)/bin/simam-viz train --data build/scenes --out build/demo-stage1 --epochs 28 \
+		--size 129 --device cpu
 	$(VENV)/bin/simam-viz scenes build/scenes_more --seed 1 --size 128 --train 18000 --val 480 --test 120
 	$(VENV)/bin/simam-viz train --data build/scenes_more --out build/demo --init build/demo-stage1 \
-		--epochs 3 --lr 0.02 --warmup-epochs 0.2 --test-size 160 --device cpu
+		--epochs 3 --lr 0.02 --warmup-epochs 0.2 --size 129 --test-size 161 --device cpu
 	bash scripts/install-demo-weights.sh build/demo checkpoints/demo
 
 # The localization study of README (test split, all three demo models).

@@ -351,6 +351,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="inference resolution stored in the checkpoint (default: --size)")
     p.add_argument("--no-dilate-last", action="store_true",
                    help="keep layer4 at stride 32 (default: dilated, maps twice as fine)")
+    p.add_argument("--no-zero-init-residual", dest="zero_init_residual", action="store_false",
+                   help="keep the default init of each block's last BN (default: zero, so "
+                        "blocks start as the identity)")
     p.add_argument("--epochs", type=int, default=28)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
@@ -379,7 +382,8 @@ def _train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       simam_lambda=args.simam_lambda, max_steps=args.max_steps,
                       device=str(device), resume=args.resume, init=args.init,
-                      warmup_epochs=args.warmup_epochs)
+                      warmup_epochs=args.warmup_epochs,
+                      zero_init_residual=args.zero_init_residual)
     for arch, path in train(cfg).items():
         print(f"{arch}: {path}")
     return 0

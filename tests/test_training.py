@@ -16,7 +16,8 @@ from PIL import Image
 
 from simam_viz import cli, load_model
 from simam_viz.errors import SimamVizError
-from simam_viz.training import TrainConfig, train
+from simam_viz.models import build_model
+from simam_viz.training import TrainConfig, train, zero_init_residual
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,31 @@ def test_init_starts_from_an_earlier_run(tiny_data: Path, tmp_path: Path) -> Non
     assert init["history"][0]["step"] == 2
     with pytest.raises(SimamVizError, match="no checkpoint"):
         train(_cfg(tiny_data, tmp_path / "c", init=str(tmp_path / "missing"), max_steps=1))
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "se_resnet50", "simam_resnet50"])
+def test_zero_init_residual_makes_every_block_start_as_its_shortcut(arch: str) -> None:
+    """With the last BN's scale at zero, a block computes relu(shortcut(x)), whatever x is."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=5, width=0.125, dilate_last=True)
+    zero_init_residual(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    seen = 0
+    with torch.no_grad():
+        h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            for block in stage:
+                shortcut = block.downsample(h) if block.downsample is not None else h
+                out = block(h)
+                torch.testing.assert_close(out, torch.relu(shortcut), rtol=0, atol=1e-6)
+                seen += 1
+                h = out
+    assert seen == 16
+    # and it is the scales that were zeroed (the shifts start at zero anyway)
+    assert all(float(b.bn3[0].weight.abs().sum() if isinstance(b.bn3, torch.nn.Sequential)
+                     else b.bn3.weight.abs().sum()) == 0.0
+               for s in (model.layer1, model.layer4) for b in s)
 
 
 RANK_SCRIPT = """
