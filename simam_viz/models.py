@@ -106,6 +106,7 @@ class ResNet50(tv_resnet.ResNet):
         num_classes: int = 1000,
         width: float = 1.0,
         replace_stride_with_dilation: Sequence[bool] = (False, False, False),
+        zero_init_residual: bool = False,
     ) -> None:
         nn.Module.__init__(self)
         if width <= 0:
@@ -134,6 +135,10 @@ class ResNet50(tv_resnet.ResNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+        if zero_init_residual:  # torchvision's option: every block starts as its shortcut
+            for m in self.modules():
+                if isinstance(m, tv_resnet.Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
 
 
 @dataclass
@@ -194,12 +199,14 @@ def build_model(
     se_reduced: Sequence[int] | None = None,
     se_bias: bool = False,
     eca_kernels: Sequence[int] = (3, 5, 5, 7),
+    zero_init_residual: bool = False,
 ) -> ResNet50:
     """Build a ResNet-50 with the attention module of ``arch``, in eval mode.
 
     ``resnet_variant="v1"`` builds the Caffe layout the original SE checkpoint needs;
     ``dilate_last`` keeps layer4 at stride 16 so the last block's maps are twice as fine (for
-    small inputs); ``se_reduced`` (per stage) and ``se_bias`` follow the SE checkpoint at hand.
+    small inputs); ``se_reduced`` (per stage) and ``se_bias`` follow the SE checkpoint at hand;
+    ``zero_init_residual`` zeroes each block's last BN scale (a training start, Goyal et al. 2017).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -207,7 +214,8 @@ def build_model(
         raise ValueError(f"resnet_variant must be 'v1' or 'v1.5', got {resnet_variant!r}")
     spec = ARCHS[arch]
     dilation = (False, False, dilate_last)
-    model = ResNet50(num_classes=num_classes, width=width, replace_stride_with_dilation=dilation)
+    model = ResNet50(num_classes=num_classes, width=width, replace_stride_with_dilation=dilation,
+                     zero_init_residual=zero_init_residual)
     opts: dict[str, Any] = {
         "simam_lambda": simam_lambda,
         "se_reduced": se_reduced,

@@ -32,7 +32,7 @@ from simam_viz.errors import SimamVizError
 from simam_viz.models import ARCHS, build_model
 from simam_viz.preprocess import Preprocessing
 
-__all__ = ["TrainConfig", "evaluate_accuracy", "train", "zero_init_residual"]
+__all__ = ["TrainConfig", "evaluate_accuracy", "train"]
 
 
 @dataclass
@@ -72,14 +72,6 @@ class TrainConfig:
         """How the checkpoint's users (and the val/test accuracy here) preprocess images."""
         side = self.test_size or self.size
         return Preprocessing(resize=side, crop=side, interpolation="bilinear")
-
-
-def zero_init_residual(model: nn.Module) -> None:
-    """Zero the scale of each bottleneck's last BN (before any attention module after it)."""
-    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
-        for block in stage:
-            bn = block.bn3[0] if isinstance(block.bn3, nn.Sequential) else block.bn3
-            nn.init.zeros_(bn.weight)
 
 
 def _dist() -> tuple[int, int]:
@@ -150,11 +142,10 @@ def _train_one(cfg: TrainConfig, arch: str, train_set, evals, rank: int, world: 
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)  # identical initial weights for every variant and rank
     model = build_model(arch, num_classes=len(train_set.classes), width=cfg.width,
-                        simam_lambda=cfg.simam_lambda, dilate_last=cfg.dilate_last).to(device)
+                        simam_lambda=cfg.simam_lambda, dilate_last=cfg.dilate_last,
+                        zero_init_residual=cfg.zero_init_residual).to(device)
     if cfg.init is not None:
         _load_init(model, Path(cfg.init) / f"{arch}.safetensors", list(train_set.classes))
-    elif cfg.zero_init_residual:
-        zero_init_residual(model)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(

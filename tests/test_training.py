@@ -17,7 +17,7 @@ from PIL import Image
 from simam_viz import cli, load_model
 from simam_viz.errors import SimamVizError
 from simam_viz.models import build_model
-from simam_viz.training import TrainConfig, train, zero_init_residual
+from simam_viz.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,8 @@ def test_init_starts_from_an_earlier_run(tiny_data: Path, tmp_path: Path) -> Non
 def test_zero_init_residual_makes_every_block_start_as_its_shortcut(arch: str) -> None:
     """With the last BN's scale at zero, a block computes relu(shortcut(x)), whatever x is."""
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=5, width=0.125, dilate_last=True)
-    zero_init_residual(model)
-    model.eval()
+    model = build_model(arch, num_classes=5, width=0.125, dilate_last=True,
+                        zero_init_residual=True)
     x = torch.randn(2, 3, 64, 64)
     seen = 0
     with torch.no_grad():
