@@ -3,20 +3,38 @@
 The app and the CLI both offer "the models you have" and accept a name or a path; this module
 answers both, with each model's label (arch, source, top-1 where known) and the preprocessing
 the registry records for official files. User paths must stay inside the checkpoints folder.
+
+A file named like an official checkpoint is only called official when its bytes match the
+published hash: otherwise it is listed as unverified, without the published top-1, which it
+has no claim to (the same verdict ``simam-viz list`` prints as "hash mismatch").
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from simam_viz.checkpoints import CheckpointIdentity, identify_checkpoint
+from simam_viz.checkpoints import CheckpointIdentity, file_sha256, identify_checkpoint
 from simam_viz.errors import CheckpointError
 from simam_viz.models import ARCHS
 from simam_viz.preprocess import Preprocessing
-from simam_viz.registry import RegistryEntry, checkpoints_dir, find_present, load_registry
+from simam_viz.registry import (
+    RegistryEntry,
+    checkpoints_dir,
+    find_present,
+    hash_matches,
+    load_registry,
+)
 
-__all__ = ["CHECKPOINT_SUFFIXES", "CatalogItem", "available", "file_version", "resolve"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "UNVERIFIED",
+    "CatalogItem",
+    "available",
+    "file_version",
+    "resolve",
+]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".safetensors")
 
@@ -28,24 +46,72 @@ class CatalogItem:
     key: str  # stable id: "demo/simam_resnet50", "official/<name>", "file/<relative path>"
     path: Path
     arch: str
-    source: str  # "demo", "official" or "user file"
+    source: str  # "demo", "official", "unverified" or "user file"
     top1: float | None = None
     preprocessing: Preprocessing | None = None
     entry: RegistryEntry | None = None
+    note: str = ""  # why an "unverified" item is not official, e.g. "hash mismatch"
 
     @property
     def short_name(self) -> str:
-        """Name used in figure titles and file names."""
+        """Name used in figure titles and file names.
+
+        An unverified file keeps its entry's title (it is most likely a re-saved or partial
+        copy of it) but says so, so a figure never passes it off as the published weights.
+        """
         if self.entry is not None:
-            return self.entry.title
+            suffix = " (unverified)" if self.source == UNVERIFIED else ""
+            return f"{self.entry.title}{suffix}"
         title = ARCHS[self.arch].title
         return f"{title} demo" if self.source == "demo" else f"{title} ({self.path.name})"
 
     @property
     def label(self) -> str:
+        """What the model picker shows: title, then source, why unverified, and top-1."""
         top1 = f", top-1 {self.top1:.2f}%" if self.top1 is not None else ""
+        note = f": {self.note}" if self.note else ""
         title = self.entry.title if self.entry else ARCHS[self.arch].title
-        return f"{title} [{self.source}{top1}]"
+        return f"{title} [{self.source}{note}{top1}]"
+
+
+UNVERIFIED = "unverified"
+
+# sha256 of each official-looking file, per path, with the file_version it was computed for.
+# available() runs every 20 s in the app and a checkpoint is ~100 MB, so an unchanged file is
+# hashed once per process; a replaced file has a new version and is hashed again. One entry
+# per path keeps the dict as small as the folder. The lock is held while hashing, so two
+# sessions asking at once do not both read the same file.
+_DIGESTS: dict[Path, tuple[tuple[int, ...], str]] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _cached_sha256(path: Path) -> str:
+    """The file's sha256, read from disk only when its ``file_version`` changed."""
+    key = path.resolve()
+    with _DIGESTS_LOCK:
+        version = file_version(key)
+        cached = _DIGESTS.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        digest = file_sha256(key)
+        _DIGESTS[key] = (version, digest)
+        return digest
+
+
+def _official_verdict(entry: RegistryEntry, path: Path) -> str | None:
+    """None when ``path`` may be called official, else why not ("hash mismatch", ...).
+
+    The same rule as ``registry.verify_file`` (which ``simam-viz list`` prints), on a cached
+    digest. An entry without a published hash is not hashed at all: there is nothing to
+    compare against.
+    """
+    if entry.sha256 is None and entry.sha256_prefix is None:
+        return None
+    try:
+        digest = _cached_sha256(path)
+    except OSError:
+        return "unreadable"
+    return "hash mismatch" if hash_matches(entry, digest) is False else None
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -70,16 +136,27 @@ def _demo_items(folder: Path) -> list[CatalogItem]:
 
 
 def available(folder: str | Path | None = None) -> list[CatalogItem]:
-    """Every loadable-looking checkpoint: demo set first, then official, then user files."""
+    """Every loadable-looking checkpoint: demo set first, then official, then user files.
+
+    Official files whose bytes differ from the published hash come back with source
+    ``"unverified"`` and no top-1 (hashed once per file version, see ``_DIGESTS``).
+    """
     folder = Path(folder) if folder is not None else checkpoints_dir()
     items = _demo_items(folder)
     seen = {item.path.resolve() for item in items}
     for entry in load_registry().values():
         path = find_present(entry, folder)
-        if path is not None:
+        if path is None:
+            continue
+        problem = _official_verdict(entry, path)
+        # The key stays "official/<name>" either way so a selection survives re-verification.
+        if problem is None:
             items.append(CatalogItem(f"official/{entry.name}", path, entry.arch, "official",
                                      entry.top1, entry.preprocessing, entry))
-            seen.add(path.resolve())
+        else:
+            items.append(CatalogItem(f"official/{entry.name}", path, entry.arch, UNVERIFIED,
+                                     None, entry.preprocessing, entry, note=problem))
+        seen.add(path.resolve())
     for path in sorted(folder.rglob("*")):
         if not _is_checkpoint(path) or path.resolve() in seen or path.name == "registry.json":
             continue
@@ -136,9 +213,19 @@ def load(item: CatalogItem, device: str = "cpu"):
     """Load a catalog item with the preprocessing its registry entry records."""
     from simam_viz.checkpoints import load_model
 
-    return load_model(
+    model = load_model(
         item.path, device=device, preprocessing=item.preprocessing, name=item.short_name
     )
+    lam = item.entry.simam_lambda if item.entry is not None else None
+    if lam is not None and model.simam_viz.attention == "simam":
+        # official files carry no sidecar: the registry knows the lambda they were trained with
+        from simam_viz.attention import SimAM
+
+        model.simam_viz.simam_lambda = float(lam)
+        for module in model.modules():
+            if isinstance(module, SimAM):
+                module.e_lambda = float(lam)
+    return model
 
 
 def safe_user_path(name: str, folder: str | Path | None = None) -> Path:

@@ -145,7 +145,7 @@ def _fetch_args(p: argparse.ArgumentParser) -> None:
 
 def _fetch(args: argparse.Namespace) -> int:
     from simam_viz.fetch import fetch
-    from simam_viz.registry import checkpoints_dir, load_registry
+    from simam_viz.registry import checkpoints_dir, load_registry, redistribution_refusal
 
     registry = load_registry()
     names = list(registry) if args.all else args.names
@@ -155,10 +155,9 @@ def _fetch(args: argparse.Namespace) -> int:
     if unknown:
         raise SimamVizError(f"unknown checkpoint {unknown[0]!r}; known: {', '.join(registry)}")
     if args.redistributable_only:
-        closed = [n for n in names if not registry[n].redistributable]
+        closed = [n for n in names if redistribution_refusal(registry[n])]
         if closed and not args.all:
-            raise SimamVizError(f"{closed[0]!r} may not be redistributed "
-                                "(its licence does not allow it); mount it at run time instead")
+            raise SimamVizError(str(redistribution_refusal(registry[closed[0]])))
         names = [n for n in names if n not in closed]
     folder = Path(args.dir) if args.dir else checkpoints_dir()
     failed = 0

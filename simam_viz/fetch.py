@@ -30,6 +30,8 @@ __all__ = ["fetch", "manual_instructions"]
 
 CHUNK = 1 << 20
 Opener = Callable[..., Any]
+# Called with (bytes received so far, total or None when the server sends no length).
+Progress = Callable[[int, int | None], None]
 
 
 def manual_instructions(entry: RegistryEntry, folder: Path) -> str:
@@ -56,8 +58,13 @@ def _temp_path(folder: Path, entry: RegistryEntry) -> Path:
     return Path(name)
 
 
-def _stream(url: str, tmp: Path, label: str, progress: bool, opener: Opener) -> str:
-    """Stream ``url`` into ``tmp``; return the sha256; raise on short reads."""
+def _stream(url: str, tmp: Path, label: str, progress: bool, opener: Opener,
+            on_progress: Progress | None = None) -> str:
+    """Stream ``url`` into ``tmp``; return the sha256; raise on short reads.
+
+    ``on_progress`` gets the running count after every chunk, for a GUI progress bar; the
+    tqdm bar (``progress``) is for the terminal and stays independent of it.
+    """
     digest = hashlib.sha256()
     with opener(url, timeout=30) as response:
         total = response.headers.get("Content-Length")
@@ -75,16 +82,19 @@ def _stream(url: str, tmp: Path, label: str, progress: bool, opener: Opener) -> 
                 digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                if on_progress is not None:
+                    on_progress(received, expected)
     if expected is not None and received != expected:
         raise FetchError(f"download interrupted: got {received} of {expected} bytes")
     return digest.hexdigest()
 
 
-def _http(entry: RegistryEntry, tmp: Path, progress: bool, opener: Opener) -> str:
+def _http(entry: RegistryEntry, tmp: Path, progress: bool, opener: Opener,
+          on_progress: Progress | None = None) -> str:
     errors = []
     for url in entry.urls:
         try:
-            return _stream(url, tmp, entry.filename, progress, opener)
+            return _stream(url, tmp, entry.filename, progress, opener, on_progress)
         except FetchError as exc:  # first: FetchError is a ValueError too
             errors.append(str(exc))
         except urllib.error.HTTPError as exc:
@@ -178,11 +188,15 @@ def fetch(
     progress: bool = True,
     opener: Opener | None = None,
     gdown: Any | None = None,
+    on_progress: Progress | None = None,
 ) -> Path:
     """Download ``entry`` into ``folder`` unless a verified copy is there; return its path.
 
     ``opener`` (``urllib.request.urlopen``'s signature) and ``gdown`` (the module's
     ``download``/``download_folder``) are parameters so tests can stand in for the network.
+    ``on_progress(received, total_or_None)`` is called per chunk of an HTTP download so the
+    app can draw its own bar; gdown reports only to the terminal, so Drive files do not call
+    it.
     """
     folder = Path(folder)
     present = find_present(entry, folder)
@@ -196,7 +210,8 @@ def fetch(
     try:
         try:
             if entry.source == "http":
-                digest = _http(entry, tmp, progress, opener or urllib.request.urlopen)
+                digest = _http(entry, tmp, progress, opener or urllib.request.urlopen,
+                               on_progress)
             else:
                 if gdown is None:
                     import gdown as gdown_module

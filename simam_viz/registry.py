@@ -3,7 +3,8 @@
 The registry is data, not code: name, architecture, URLs, published hash, preprocessing,
 lambda, top-1, licence and whether the weights may be redistributed. Files live in the
 checkpoints folder (``SIMAM_VIZ_CHECKPOINTS`` overrides it); a file a user drops in by hand is
-found under its registered name or any of its candidate names.
+found under its registered name or any of its candidate names. ``SIMAM_VIZ_REGISTRY`` points at
+another registry file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ __all__ = [
     "checkpoints_dir",
     "find_present",
     "load_registry",
+    "redistribution_refusal",
+    "registry_path",
     "verify_file",
 ]
 
@@ -58,6 +61,7 @@ class RegistryEntry:
     candidates: tuple[str, ...] = field(default_factory=tuple)
     mirror: str = ""
     notes: str = ""
+    size_mb: float | None = None  # approximate download size, only a hint for the user
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -107,7 +111,24 @@ class RegistryEntry:
             return "a SimAM entry needs a positive simam_lambda"
         if not isinstance(self.redistributable, bool):
             return "redistributable must be true or false"
+        if self.size_mb is not None and not (
+            isinstance(self.size_mb, int | float) and self.size_mb > 0
+        ):
+            return "size_mb must be a positive number"
         return None
+
+
+def redistribution_refusal(entry: RegistryEntry) -> str | None:
+    """Why ``entry`` may not be baked into a published image, or None if it may.
+
+    One rule and one wording for every place that downloads on behalf of something that will
+    be shared (``simam-viz fetch --redistributable-only``, the app when told so). Downloading
+    for one's own use at run time is always allowed: that is what the message suggests.
+    """
+    if entry.redistributable:
+        return None
+    return (f"{entry.name!r} may not be redistributed (its licence does not allow it); "
+            "mount it at run time instead")
 
 
 def checkpoints_dir() -> Path:
@@ -115,9 +136,23 @@ def checkpoints_dir() -> Path:
     return Path(os.environ.get("SIMAM_VIZ_CHECKPOINTS") or REPO_ROOT / "checkpoints")
 
 
+def registry_path() -> Path:
+    """The registry in use: ``$SIMAM_VIZ_REGISTRY`` or the repository's ``registry.json``.
+
+    The variable lets a deployment point at its own list (a mirror, extra weights) and lets
+    tests point the app, which runs in its own script and cannot be handed a parameter, at a
+    registry whose URLs are a local server. ``REGISTRY_PATH`` is read at call time, so it can
+    still be monkeypatched.
+    """
+    return Path(os.environ.get("SIMAM_VIZ_REGISTRY") or REGISTRY_PATH)
+
+
 def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
-    """Entries by name, validated; a broken registry is one clear error, not a traceback."""
-    path = Path(path) if path is not None else REGISTRY_PATH
+    """Entries by name, validated; a broken registry is one clear error, not a traceback.
+
+    Without ``path``, :func:`registry_path` decides (``$SIMAM_VIZ_REGISTRY`` first).
+    """
+    path = Path(path) if path is not None else registry_path()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

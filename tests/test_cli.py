@@ -15,11 +15,11 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
+from localhttp import local_server
 
 from simam_viz import cli, registry
 from simam_viz.checkpoints import save_checkpoint
@@ -48,11 +48,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(_Handler) as url:
+        yield url
 
 
 def _entry(name: str, arch: str, filename: str, url: str, **extra) -> dict:

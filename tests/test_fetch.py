@@ -11,12 +11,12 @@ import hashlib
 import http.server
 import json
 import socket
-import threading
 import urllib.error
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from localhttp import closed_port, local_server
 
 from simam_viz.errors import FetchError, SimamVizError
 from simam_viz.fetch import _pick_resnet50, fetch
@@ -67,18 +67,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(_Handler) as url:
+        yield url
 
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(url: str, **changes):
@@ -187,6 +178,38 @@ def test_download_verified_by_url_hash_prefix(server: str, tmp_path: Path, capsy
     assert capsys.readouterr().err == ""  # progress=False is silent
 
 
+def test_on_progress_reports_every_chunk(server: str, tmp_path: Path, capsys) -> None:
+    """The app draws its own bar from these calls; the terminal's tqdm bar stays off."""
+    seen: list[tuple[int, int | None]] = []
+    fetch(_entry(f"{server}/ok.pth"), tmp_path, progress=False,
+          on_progress=lambda got, total: seen.append((got, total)))
+    assert seen and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert [got for got, _ in seen] == sorted({got for got, _ in seen})  # strictly growing
+    assert capsys.readouterr().err == ""
+
+
+def test_on_progress_without_content_length(tmp_path: Path) -> None:
+    class Response:
+        headers: dict[str, str] = {}  # chunked: no total known
+
+        def __init__(self) -> None:
+            self.parts = [PAYLOAD[:1000], PAYLOAD[1000:]]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def read(self, n: int) -> bytes:
+            return self.parts.pop(0) if self.parts else b""
+
+    seen: list[tuple[int, int | None]] = []
+    fetch(_entry("http://x/y.pth"), tmp_path, progress=False,
+          opener=lambda *a, **k: Response(), on_progress=lambda *args: seen.append(args))
+    assert seen == [(1000, None), (len(PAYLOAD), None)]
+
+
 def test_present_file_is_not_downloaded_again(tmp_path: Path) -> None:
     entry = _entry("http://127.0.0.1:1/never")
     (tmp_path / entry.filename).write_bytes(PAYLOAD)
@@ -225,7 +248,7 @@ def test_http_failures_give_manual_instructions(
 
 
 def test_refused_connection_is_one_clear_line(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/x.pth"
+    url = f"http://127.0.0.1:{closed_port()}/x.pth"
     with pytest.raises(FetchError, match="cannot reach the server") as exc:
         fetch(_entry(url), tmp_path, progress=False)
     assert "\n" not in str(exc.value) and f"download {url} by hand" in str(exc.value)

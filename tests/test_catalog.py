@@ -1,0 +1,117 @@
+"""The catalog's verdict on official-looking files: verified, unverified, hashed once.
+
+A file that merely carries an official checkpoint's name must not be offered with that
+checkpoint's published top-1; ``simam-viz list`` already calls it a "hash mismatch".
+Registries are temporary files named by ``SIMAM_VIZ_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from simam_viz import catalog
+from simam_viz.registry import load_registry
+
+PREP = {"resize": 256, "crop": 224, "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+GOOD = b"the published weights" * 1000
+
+
+def _entry(name: str, filename: str, **extra) -> dict:
+    return {"name": name, "title": f"Net {name}", "arch": "resnet50", "resnet_variant": "v1.5",
+            "filename": filename, "source": "http", "urls": [f"http://127.0.0.1:9/{filename}"],
+            "sha256": hashlib.sha256(GOOD).hexdigest(), "sha256_prefix": None,
+            "preprocessing": PREP, "simam_lambda": None, "top1": 76.13, "licence": "MIT",
+            "redistributable": True, "notes": "", **extra}
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty checkpoints folder, a registry of two entries and a fresh digest cache."""
+    entries = [
+        _entry("net", "net-0676ba61.pth"),
+        _entry("prefixed", "prefixed.pth", sha256=None,
+               sha256_prefix=hashlib.sha256(GOOD).hexdigest()[:8], top1=80.86),
+    ]
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"format": "simam-viz-registry", "version": 1,
+                                    "entries": entries}), encoding="utf-8")
+    monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(registry))
+    monkeypatch.setattr(catalog, "_DIGESTS", {})
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    return ckpts
+
+
+def _by_key(folder: Path) -> dict[str, catalog.CatalogItem]:
+    return {item.key: item for item in catalog.available(folder)}
+
+
+def test_registry_env_var_is_used(folder: Path) -> None:
+    assert set(load_registry()) == {"net", "prefixed"}
+
+
+def test_wrong_bytes_are_unverified_without_top1(folder: Path) -> None:
+    (folder / "net-0676ba61.pth").write_bytes(b"something else entirely")
+    item = _by_key(folder)["official/net"]  # the key stays stable
+    assert item.source == "unverified" and item.top1 is None
+    assert item.label == "Net net [unverified: hash mismatch]"
+    assert "76.13" not in item.label and "official" not in item.label
+    assert item.short_name == "Net net (unverified)"
+    assert item.path == folder / "net-0676ba61.pth"
+
+
+def test_matching_bytes_are_official_with_top1(folder: Path) -> None:
+    (folder / "net-0676ba61.pth").write_bytes(GOOD)
+    (folder / "prefixed.pth").write_bytes(GOOD)  # matched by the URL's hash prefix
+    items = _by_key(folder)
+    assert items["official/net"].source == "official"
+    assert items["official/net"].label == "Net net [official, top-1 76.13%]"
+    assert items["official/prefixed"].label == "Net prefixed [official, top-1 80.86%]"
+    assert items["official/net"].short_name == "Net net"
+
+
+def test_entry_without_published_hash_is_not_hashed(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "nohash.json"
+    registry.write_text(json.dumps({"format": "simam-viz-registry", "version": 1, "entries": [
+        _entry("drive", "drive.pth", sha256=None)]}), encoding="utf-8")
+    monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(registry))
+    monkeypatch.setattr(catalog, "file_sha256", _forbidden)
+    (folder / "drive.pth").write_bytes(b"anything")
+    assert _by_key(folder)["official/drive"].source == "official"
+
+
+def _forbidden(path) -> str:
+    raise AssertionError("must not hash")
+
+
+def test_unchanged_file_is_hashed_once(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path] = []
+    real = catalog.file_sha256
+
+    def counting(path) -> str:
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(catalog, "file_sha256", counting)
+    target = folder / "net-0676ba61.pth"
+    target.write_bytes(b"wrong")
+    for _ in range(3):
+        assert _by_key(folder)["official/net"].source == "unverified"
+    assert calls == [target.resolve()]
+
+    # replaced (as fetch does: new file, atomic rename): hashed again, and now official
+    fresh = folder / ".net.part"
+    fresh.write_bytes(GOOD)
+    os.replace(fresh, target)
+    for _ in range(2):
+        assert _by_key(folder)["official/net"].source == "official"
+    assert calls == [target.resolve()] * 2
+    assert len(catalog._DIGESTS) == 1  # one entry per path, old versions dropped
