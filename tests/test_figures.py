@@ -335,3 +335,30 @@ def test_module_imports_no_pyplot_torch_or_streamlit() -> None:
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {n for n in names if n.split(".")[0] in {"torch", "streamlit"}}
     assert "matplotlib.pyplot" not in names
+
+
+def test_mosaic_places_each_panel_under_its_label() -> None:
+    panels = [np.full((20, 30, 3), 10 * i, np.uint8) for i in range(5)]
+    out = figures.mosaic(panels, [f"b{i}" for i in range(5)], per_row=3, gap=2)
+    band = max(12, 30 // 9)
+    assert out.shape == (2 * (band + 20 + 2) - 2, 3 * 32 - 2, 3)
+    for i, panel in enumerate(panels):
+        top, left = (i // 3) * (band + 22) + band, (i % 3) * 32
+        np.testing.assert_array_equal(out[top : top + 20, left : left + 30], panel)
+    assert (out[:band, :30] < 128).any()  # the label is drawn in the band (dark text)
+    assert (out[-20:, 2 * 32 :] == 255).all()  # the empty sixth cell stays white
+    with pytest.raises(ValueError, match="labels"):
+        figures.mosaic(panels, ["a"])
+    with pytest.raises(ValueError, match="one size"):
+        figures.mosaic([panels[0], np.zeros((5, 5, 3), np.uint8)], ["a", "b"])
+
+
+def test_jpeg_bytes_is_a_close_jpeg_of_the_picture() -> None:
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).resize(
+        (160, 160), Image.Resampling.BICUBIC))
+    data = figures.jpeg_bytes(smooth)
+    back = Image.open(io.BytesIO(data))
+    assert back.format == "JPEG" and back.size == (160, 160)
+    assert np.abs(np.asarray(back, np.float64) - smooth).mean() < 2.0
+    assert len(data) < len(figures.panel_png(smooth))
