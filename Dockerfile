@@ -56,4 +56,4 @@ EXPOSE 8501
 # slim images have no curl: probe Streamlit's health endpoint with Python
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).read() != b'ok')"]
-CMD ["streamlit", "run", "app/streamlit_app.py", "--server.address=0.0.0.0", "--server.port=8501"]
+CMD ["streamlit", "run", "app/serve.py", "--server.address=0.0.0.0", "--server.port=8501"]

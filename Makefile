@@ -20,7 +20,7 @@ system-deps:
 	bash scripts/system-deps.sh
 
 run: install
-	$(VENV)/bin/streamlit run app/streamlit_app.py --server.port $(PORT)
+	$(VENV)/bin/streamlit run app/serve.py --server.port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check simam_viz app tests scripts benchmarks

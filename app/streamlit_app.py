@@ -1,36 +1,52 @@
 """SimAM-Viz web app: a thin Streamlit shell over ``simam_viz``.
 
-Widgets pick an image, models and settings; ``simam_viz.service`` runs (or recalls) one
-analysis per model; everything on screen is drawn from those cached arrays, so display-only
-changes (block, colour map, alpha, channel views) never run a model.
+A full script run happens only when the analyses may change (image, models, device, CAM
+method, lambda, class). It runs or recalls one analysis per model in ``simam_viz.service``
+and hands the results to ``explore``, a fragment: everything a user does there (colour map,
+alpha, shared scale, tabs, block, top-k) reruns only the fragment, and only the open tab is
+drawn. On-screen pictures are JPEG bytes cached by (analysis, display settings); downloads
+are built when clicked. Views get their data as arguments, never from another view's state.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 import torch
 
-from simam_viz import catalog, charts, figures
-from simam_viz.cam_methods import METHODS
-from simam_viz.errors import SimamVizError
-from simam_viz.export import ExportRequest, write_exports
-from simam_viz.images import MAX_BYTES, image_sha256, load_image
-from simam_viz.models import STAGE_BLOCKS
-from simam_viz.registry import checkpoints_dir
-from simam_viz.service import AnalysisKey, Service, target_for
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # app/ modules (fetch_panel)
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+from fetch_panel import fetch_panel  # noqa: E402
+from logs import setup_logging  # noqa: E402
+from paths import DEFAULT_EXAMPLE, EXAMPLES  # noqa: E402
+
+from simam_viz import catalog, charts, figures  # noqa: E402
+from simam_viz.analysis import Analysis  # noqa: E402
+from simam_viz.cam_methods import METHODS  # noqa: E402
+from simam_viz.errors import SimamVizError  # noqa: E402
+from simam_viz.export import ExportRequest, render, write_exports  # noqa: E402
+from simam_viz.guidance import unfamiliar_image_note  # noqa: E402
+from simam_viz.images import MAX_BYTES, image_sha256, load_image  # noqa: E402
+from simam_viz.models import STAGE_BLOCKS  # noqa: E402
+from simam_viz.registry import checkpoints_dir  # noqa: E402
+from simam_viz.service import analysis_key, shared_models, shared_service  # noqa: E402
+
+LOG = logging.getLogger("simam_viz.app")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma"]
 LAMBDAS = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0]
-ANY_CLASS = "Any class…"
 TOP1 = "Each model's top-1"
+VIEWS = ["Compare models", "Inside SimAM", "Channels", "Export", "About"]
+BLOCKS = [f"layer{s + 1}.{b}" for s, n in enumerate(STAGE_BLOCKS) for b in range(n)]
+LAST_BLOCK = BLOCKS[-1]
 
 ABOUT = """
 **SimAM** gives every neuron of a feature map its own weight, with no parameters to learn.
@@ -38,8 +54,9 @@ For a neuron *t* in a channel, it asks how well *t* can be told apart from the o
 of that channel by a straight line: the paper writes this as an energy function whose minimum
 has a closed form, `e* = 4(σ² + λ) / ((t − μ)² + 2σ² + 2λ)`, where μ and σ² are the channel's
 mean and variance. A neuron that stands out from its neighbours has a *low* energy, so
-`1/e*` measures its importance; a sigmoid squashes it into a weight in (0.5, 1), and the
-features are multiplied by these weights. λ regularises: larger λ flattens the weights.
+`1/e*` measures its importance. Since `1/e* = (t − μ)² / (4(σ² + λ)) + 1/2` is at least 1/2,
+the sigmoid puts every weight in (sigmoid(0.5), 1), about (0.62, 1); the features are
+multiplied by these weights. λ regularises: larger λ flattens the weights.
 
 **The maps.** *Grad-CAM* weights each channel of a layer by the mean gradient of the class
 score and sums them: where the layer's evidence for the class lies.
@@ -51,21 +68,13 @@ and a spatial map; SimAM's weights differ per neuron, in 3-D.
 """
 
 
-@st.cache_resource
-def get_service() -> Service:
-    """One service (concurrency bound + result cache) shared by every session."""
-    return Service()
+# --- caches ------------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=12)
-def get_model(key: str, version: tuple[int, ...], device: str,
-              _item: catalog.CatalogItem) -> torch.nn.Module:
-    """Models are loaded once per (checkpoint, file version, device) and shared.
-
-    ``version`` (``catalog.file_version``) changes when the file is replaced, so a new file
-    under an old name is loaded afresh; ``_item`` is not hashed, it says which file to read.
-    """
-    return catalog.load(_item, device)
+@st.cache_data(ttl=20, show_spinner=False)
+def list_checkpoints(folder: str) -> list[catalog.CatalogItem]:
+    """The catalog, re-read every 20 s so files dropped into checkpoints/ appear."""
+    return catalog.available(folder)
 
 
 @st.cache_resource
@@ -78,45 +87,76 @@ def loaded_versions() -> dict[tuple[str, str], tuple[int, ...]]:
     return {}
 
 
-@st.cache_data(ttl=20, show_spinner=False)
-def list_checkpoints(folder: str) -> list[catalog.CatalogItem]:
-    """The catalog, re-read every 20 s so files dropped into checkpoints/ appear."""
-    return catalog.available(folder)
+@st.cache_resource(max_entries=16, show_spinner=False)
+def decoded(sha: str, _data: bytes):
+    """The decoded image for these bytes (errors are not cached: a bad file fails each time)."""
+    return load_image(_data)
 
 
-def device_choices() -> list[str]:
-    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+@st.cache_data(max_entries=2048, show_spinner=False)
+def screen_jpeg(key: str, _picture: Callable[[], np.ndarray]) -> bytes:
+    """On-screen JPEG of a picture, cached by ``key`` (analysis keys + display settings)."""
+    return figures.jpeg_bytes(_picture())
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def screen_png(key: str, _picture: np.ndarray) -> bytes:
+    """Lossless on-screen PNG (the analysed crop, whose pixels users compare)."""
+    return figures.panel_png(_picture)
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def _use(source: str) -> None:
+    st.session_state["_source"] = source
+
+
+def _example_label(name: str) -> str:
+    stem = Path(name).stem
+    kind, _, rest = stem.partition("_")
+    if kind == "scene":
+        return f"Scene: {rest.replace('_', ' ')}"
+    return f"Photo: {rest.replace('_', ' ')} (needs ImageNet weights)"
 
 
 def read_input() -> tuple[bytes, str] | None:
-    """The chosen image's bytes and name (upload or bundled example)."""
-    st.sidebar.header("Image")
-    mode = st.sidebar.radio("Source", ["Example", "Upload"], horizontal=True, key="source")
-    if mode == "Upload":
-        upload = st.sidebar.file_uploader("Upload an image", type=UPLOAD_TYPES, key="upload")
-        if upload is None:
-            st.info("Upload a JPEG, PNG, WebP, BMP or GIF image (up to 10 MB), or pick an example.")
-            return None
+    """The chosen image's bytes and name: the latest upload, else the chosen example."""
+    examples = sorted(p.name for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
+    # scenes the demo models know first, then the photographs that need ImageNet weights
+    examples.sort(key=lambda n: (not n.startswith("scene_"), n))
+    left, right = st.columns([3, 2])
+    upload = left.file_uploader("Upload an image (JPEG, PNG, WebP, BMP or GIF, up to 10 MB)",
+                                type=UPLOAD_TYPES, key="upload", on_change=_use,
+                                args=("upload",))
+    example = None
+    if examples:
+        index = examples.index(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in examples else 0
+        example = right.selectbox("…or try an example", examples, index=index,
+                                  format_func=_example_label, key="example", on_change=_use,
+                                  args=("example",))
+    if upload is not None and st.session_state.get("_source", "upload") == "upload":
         if upload.size > MAX_BYTES:
             raise SimamVizError(f"{upload.name}: over the {MAX_BYTES // 2**20} MB upload limit")
         return upload.getvalue(), upload.name
-    examples = sorted(p.name for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
-    if not examples:
-        st.info("No bundled examples found; upload an image instead.")
+    if example is None:
+        st.info("No bundled examples found; upload an image.")
         return None
-    name = st.sidebar.selectbox("Example", examples, key="example")
-    return (EXAMPLES / name).read_bytes(), name
+    return (EXAMPLES / example).read_bytes(), example
 
 
 def choose_models() -> list[catalog.CatalogItem]:
     st.sidebar.header("Models")
     items = list_checkpoints(str(checkpoints_dir()))
+    compare = st.sidebar.container()
+    with st.sidebar:
+        fetch_panel(checkpoints_dir(), on_fetched=list_checkpoints.clear)
     if not items:
         raise SimamVizError("no checkpoints found: add files to checkpoints/ (see README)")
     labels = {item.key: item.label for item in items}
     default = [i.key for i in items if i.source == "demo"][:3] or [items[0].key]
-    keys = st.sidebar.multiselect("Compare", list(labels), default=default,
-                                  format_func=labels.get, key="models", max_selections=5)
+    keys = compare.multiselect("Compare", list(labels), default=default,
+                               format_func=labels.get, key="models", max_selections=5)
     if not keys:
         st.info("Choose at least one model in the sidebar.")
         st.stop()
@@ -132,6 +172,7 @@ def load_models(
     A missing or corrupt file must not take the other models off the page.
     """
     known = loaded_versions()
+    pool = shared_models()
     kept, models, problems = [], [], []
     for item in items:
         try:
@@ -142,11 +183,14 @@ def load_models(
                 problems.append(f"{item.path.name}: no such checkpoint file")
                 continue
         try:
-            model = get_model(item.key, version, device, item)
+            model = pool.get((item.key, version, device),
+                             lambda item=item: catalog.load(item, device))
         except SimamVizError as exc:
+            LOG.warning("checkpoint %s not loaded: %s", item.path, exc, exc_info=True)
             problems.append(str(exc))
             continue
         except OSError as exc:  # deleted or unreadable between the checks and the read
+            LOG.warning("checkpoint %s unreadable", item.path, exc_info=True)
             problems.append(f"{item.path.name}: cannot be read ({type(exc).__name__})")
             continue
         known[(str(item.path), device)] = version
@@ -155,32 +199,53 @@ def load_models(
     return kept, models, problems
 
 
-def settings() -> dict:
-    st.sidebar.header("Display")
+def choose_device() -> str:
+    st.sidebar.header("Device")
+    choices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    name = st.sidebar.selectbox("Run on", choices, key="device")
+    device = "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+    st.sidebar.markdown(f"Running on **{device.upper()}**")
+    return device
+
+
+def analysis_settings(models: Sequence[torch.nn.Module],
+                      items: Sequence[catalog.CatalogItem]) -> dict:
+    """Settings that change the numbers (each change may run the models)."""
+    st.sidebar.header("Analysis")
     methods = {m.name: m.title for m in METHODS.values()}
-    return {
-        "method": st.sidebar.selectbox("CAM method", list(methods), format_func=methods.get,
-                                       key="method"),
-        "colormap": st.sidebar.selectbox("Colour map", COLORMAPS, key="colormap"),
-        "alpha": st.sidebar.slider("Overlay alpha", 0.0, 1.0, 0.5, 0.05, key="alpha"),
-        "shared": st.sidebar.checkbox("One colour scale for all models", key="shared"),
-        "lambda": st.sidebar.select_slider("SimAM λ (inference-time)", LAMBDAS, value=0.1,
-                                           key="lambda"),
-    }
+    method = st.sidebar.selectbox("CAM method", list(methods), format_func=methods.get,
+                                  key="method")
+    lam = None
+    simam = next((m for m in models if m.simam_viz.attention == "simam"), None)
+    if simam is not None:
+        own = float(simam.simam_viz.simam_lambda or 0.1)
+        choices = sorted({*LAMBDAS, own})
+        item = items[list(models).index(simam)]
+        # one widget state per checkpoint: each starts at the lambda it was trained with
+        lam = st.sidebar.select_slider("SimAM λ (inference-time)", choices, value=own,
+                                       key=f"lambda::{item.key}")
+        st.sidebar.caption(f"{simam.simam_viz.name or 'SimAM'} was trained with λ = {own:g}.")
+    names: list[str] = []
+    for model in models:
+        names += [c for c in model.simam_viz.class_names if c not in names]
+    target = st.sidebar.selectbox("Explain class", [TOP1, *names], key="target")
+    return {"method": method, "lambda": lam, "target": None if target == TOP1 else target}
 
 
-def run(items, models, data: bytes, image, device: str, target: str | None, opts: dict):
-    service = get_service()
+def run(items, models, data: bytes, device: str, opts: dict) -> list[tuple[Analysis, bool]]:
+    """One analysis per model: recalled from the shared cache or run once (all 16 blocks)."""
+    service = shared_service()
     sha = image_sha256(data)
     results = []
     for item, model in zip(items, models, strict=True):
-        info = model.simam_viz
-        lam = opts["lambda"] if info.attention == "simam" else None
-        key = AnalysisKey(sha, item.key, info.sha256 or "", device, target_for(model, target),
-                          opts["method"], lam)
-        with st.spinner(f"Analysing with {info.name}…"):
-            result, cached = service.analysis(key, model, image)
-        results.append((result, cached))
+        key = analysis_key(sha, item.key, model, device, opts["target"], opts["method"],
+                           opts["lambda"])
+        cached = service.cache.get(key)
+        if cached is not None:
+            results.append((cached, True))
+            continue
+        with st.spinner(f"Analysing with {model.simam_viz.name}…"):
+            results.append(service.analysis(key, model, decoded(sha, data)))
     return results
 
 
@@ -192,19 +257,11 @@ def show_timings(results, device: str) -> None:
     st.caption(f"Device **{device}** · " + " · ".join(parts))
 
 
-def pick_target(results) -> str | None:
-    first = results[0][0]
-    options = [TOP1] + [p.name for p in first.predictions] + [ANY_CLASS]
-    choice = st.sidebar.selectbox("Explain class", options, key="target")
-    if choice == TOP1:
-        return None
-    if choice == ANY_CLASS:
-        classes = sorted(st.session_state.get("_classes", []))
-        return st.sidebar.selectbox("Class (by name)", classes, key="any_class")
-    return choice
+# --- pictures (pure functions of the results, cached as JPEG by key) ----------------------
 
 
-def shared_maps(results, block: str, where: str, shared: bool) -> list[np.ndarray]:
+def shared_maps(results: Sequence[Analysis], block: str, where: str,
+                shared: bool) -> list[np.ndarray]:
     if not shared:
         return [r.cam(block, where) for r in results]
     raws = [r.raw_cam(block, where) for r in results]
@@ -212,145 +269,260 @@ def shared_maps(results, block: str, where: str, shared: bool) -> list[np.ndarra
     return [r / top for r in raws]
 
 
-def view_compare(results, opts: dict) -> None:
-    st.subheader("Compare models (the paper's Figure 1)")
-    res = [r for r, _ in results]
-    maps = shared_maps(res, "layer4.2", "output", opts["shared"])
-    cols = st.columns(len(res) + 1)
-    cols[0].image(res[0].image, caption="Input (as the models see it)", width="stretch",
-                  output_format="PNG")
-    for col, r, cam in zip(cols[1:], res, maps, strict=True):
-        col.image(figures.overlay(r.image, cam, colormap=opts["colormap"], alpha=opts["alpha"]),
-                  caption=f"{r.model_name} → {r.target_name}", width="stretch")
-        col.markdown("\n".join(f"{i + 1}. {p.name} — {p.probability:.1%}"
-                               for i, p in enumerate(r.predictions)))
-        for note in r.notes:
-            if note.startswith("layer4.2/output"):
-                col.caption(note)
-    tops = {r.predictions[0].name for r in res}
-    if len(tops) > 1:
-        st.warning("The models disagree on the top-1 class: " + ", ".join(sorted(tops)))
-
-
-def view_simam(results, opts: dict) -> None:
-    st.subheader("Inside SimAM (the paper's Figure 6)")
-    simams = [r for r, _ in results if r.arch == "simam_resnet50"]
-    if not simams:
-        st.info("Select a SimAM-ResNet-50 in the sidebar to look inside its attention.")
-        return
-    names = [r.model_name for r in simams]
-    r = simams[names.index(st.selectbox("SimAM model", names, key="simam_model"))]
-    c1, c2 = st.columns(2)
-    stage = c1.selectbox("Stage", [1, 2, 3, 4], index=3, key="stage")
-    index = c2.select_slider("Block", list(range(STAGE_BLOCKS[stage - 1])),
-                             value=STAGE_BLOCKS[stage - 1] - 1, key=f"block{stage}")
-    block = f"layer{stage}.{index}"
-    st.session_state["block"] = block
-    weights, mean_map = r.attention(block)
-    style = {"colormap": opts["colormap"], "alpha": opts["alpha"]}
-    att = figures.overlay(r.image, _unit(mean_map), colormap="viridis", alpha=1.0)
-    panels = [
-        (figures.overlay(r.image, r.cam(block, "before"), **style), "Grad-CAM before SimAM"),
-        (figures.overlay(r.image, r.cam(block, "after"), **style), "Grad-CAM after SimAM"),
-        (att, f"Attention, channel mean ({mean_map.min():.3f}–{mean_map.max():.3f})"),
-        (figures.overlay(r.image, r.cam(block, "attention"), **style), "Grad-CAM on attention"),
-    ]
-    st.session_state["panels"] = [(cap, arr) for arr, cap in panels]
-    for col, (arr, cap) in zip(st.columns(4), panels, strict=True):
-        col.image(arr, caption=f"{cap} · {block}", width="stretch")
-    st.caption(f"λ = {r.simam_lambda} · explaining '{r.target_name}' · weights {weights.shape}")
-    st.markdown("**Depth strip** — Grad-CAM after SimAM, block by block")
-    blocks = [f"layer{s + 1}.{b}" for s, n in enumerate(STAGE_BLOCKS) for b in range(n)]
-    for start in range(0, 16, 8):
-        for col, b in zip(st.columns(8), blocks[start : start + 8], strict=True):
-            col.image(figures.overlay(r.image, r.cam(b, "after"), **style), caption=b,
-                      width="stretch")
-
-
 def _unit(arr: np.ndarray) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
 
-def view_channels(results) -> None:
+class Pictures:
+    """On-screen overlays for one set of results and display settings, cached by key."""
+
+    def __init__(self, results: Sequence[Analysis], keys: Sequence[str], style: dict) -> None:
+        self.results, self.keys, self.style = list(results), list(keys), style
+        self._tag = f"{style['colormap']}|{style['alpha']}"
+
+    def cam(self, i: int, block: str, where: str = "output", *, across: bool = True) -> bytes:
+        """Model ``i``'s CAM overlay; one colour scale across models when ``shared`` is on
+        and ``across`` (Figure 1's maps; Figure 6's are one model's own)."""
+        r = self.results[i]
+        if self.style["shared"] and across:
+            key = f"shared|{'|'.join(self.keys)}|{i}|{block}|{where}|{self._tag}"
+            return screen_jpeg(key, lambda: figures.overlay(
+                r.image, shared_maps(self.results, block, where, True)[i], **self._blend))
+        key = f"{self.keys[i]}|{block}|{where}|{self._tag}"
+        return screen_jpeg(key, lambda: figures.overlay(r.image, r.cam(block, where),
+                                                        **self._blend))
+
+    def attention(self, i: int, block: str) -> bytes:
+        r = self.results[i]
+        return screen_jpeg(f"{self.keys[i]}|{block}|attention-mean", lambda: figures.overlay(
+            r.image, _unit(r.attention(block)[1]), colormap="viridis", alpha=1.0))
+
+    def depth(self, i: int) -> bytes:
+        r = self.results[i]
+        return screen_jpeg(f"{self.keys[i]}|depth|{self._tag}", lambda: figures.mosaic(
+            [figures.overlay(r.image, r.cam(b, "after"), **self._blend) for b in BLOCKS],
+            BLOCKS, per_row=8))
+
+    @property
+    def _blend(self) -> dict:
+        return {"colormap": self.style["colormap"], "alpha": self.style["alpha"]}
+
+
+def figure6_panels(r: Analysis, block: str, style: dict) -> list[tuple[str, np.ndarray]]:
+    """The four maps of the paper's Figure 6 at native resolution, for export."""
+    blend = {"colormap": style["colormap"], "alpha": style["alpha"]}
+    return [
+        ("Grad-CAM before SimAM", figures.overlay(r.image, r.cam(block, "before"), **blend)),
+        ("Grad-CAM after SimAM", figures.overlay(r.image, r.cam(block, "after"), **blend)),
+        ("Attention (channel mean)", figures.overlay(r.image, _unit(r.attention(block)[1]),
+                                                     colormap="viridis", alpha=1.0)),
+        ("Grad-CAM on attention", figures.overlay(r.image, r.cam(block, "attention"), **blend)),
+    ]
+
+
+# --- views (each gets everything it shows as arguments) ----------------------------------
+
+
+def view_compare(results: Sequence[Analysis], pics: Pictures) -> None:
+    st.subheader("Compare models (the paper's Figure 1)")
+    cols = st.columns(len(results) + 1)
+    first = results[0]
+    cols[0].image(screen_png(pics.keys[0] + "|input", first.image),
+                  caption="Input (as the models see it)", width="stretch",
+                  output_format="PNG")  # lossless: "auto" would re-encode it as JPEG
+    for i, (col, r) in enumerate(zip(cols[1:], results, strict=True)):
+        col.image(pics.cam(i, LAST_BLOCK), caption=f"{r.model_name} → {r.target_name}",
+                  width="stretch", output_format="JPEG")
+        col.markdown("\n".join(f"{k + 1}. {p.name} — {p.probability:.1%}"
+                               for k, p in enumerate(r.predictions)))
+        for note in r.notes:
+            if note.startswith(f"{LAST_BLOCK}/output"):
+                col.caption(note)
+    tops = {r.predictions[0].name for r in results}
+    if len(tops) > 1:
+        st.warning("The models disagree on the top-1 class: " + ", ".join(sorted(tops)))
+
+
+def _remember(key: str) -> None:
+    st.session_state[f"_keep_{key}"] = st.session_state[key]
+
+
+def _kept(key: str, default):
+    """Restore a widget's value after a view that did not show it (Streamlit drops it)."""
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(f"_keep_{key}", default)
+
+
+def choose_block() -> str:
+    """Stage and block pickers, shared by the SimAM and Channels views (state survives)."""
+    c1, c2 = st.columns(2)
+    _kept("stage", 4)
+    stage = c1.selectbox("Stage", [1, 2, 3, 4], key="stage", on_change=_remember,
+                         args=("stage",))
+    key = f"block{stage}"
+    _kept(key, STAGE_BLOCKS[stage - 1] - 1)
+    index = c2.select_slider("Block", list(range(STAGE_BLOCKS[stage - 1])), key=key,
+                             on_change=_remember, args=(key,))
+    return f"layer{stage}.{index}"
+
+
+def view_simam(results: Sequence[Analysis], pics: Pictures, simam: int | None,
+               block: str) -> None:
+    st.subheader("Inside SimAM (the paper's Figure 6)")
+    if simam is None:
+        st.info("Select a SimAM-ResNet-50 in the sidebar to look inside its attention.")
+        return
+    r = results[simam]
+    weights, mean_map = r.attention(block)
+    panels = [
+        (pics.cam(simam, block, "before", across=False), "Grad-CAM before SimAM"),
+        (pics.cam(simam, block, "after", across=False), "Grad-CAM after SimAM"),
+        (pics.attention(simam, block),
+         f"Attention, channel mean ({mean_map.min():.3f}–{mean_map.max():.3f})"),
+        (pics.cam(simam, block, "attention", across=False), "Grad-CAM on attention"),
+    ]
+    for col, (jpeg, cap) in zip(st.columns(4), panels, strict=True):
+        col.image(jpeg, caption=f"{cap} · {block}", width="stretch", output_format="JPEG")
+    st.caption(f"{r.model_name} · {block} · λ = {r.simam_lambda} · explaining "
+               f"'{r.target_name}' · weights {weights.shape}")
+    st.markdown("**Depth strip** — Grad-CAM after SimAM, block by block")
+    st.image(pics.depth(simam), width="stretch", output_format="JPEG")
+
+
+def view_channels(results: Sequence[Analysis], simam: int | None, se: int | None,
+                  block: str) -> None:
     st.subheader("Channels")
-    block = st.session_state.get("block", "layer4.2")
-    res = [r for r, _ in results]
-    simam = next((r for r in res if r.arch == "simam_resnet50"), None)
-    se = next((r for r in res if r.arch == "se_resnet50"), None)
-    st.caption(f"Block {block} (choose it in 'Inside SimAM')")
+    if simam is None and se is None:
+        st.info("Per-channel weights need a SimAM or SE model.")
+        return
     if simam is not None:
-        weights, _ = simam.attention(block)
-        means = simam.channel_weights(block)
-        k = st.slider("Top-k channels", 1, min(16, len(means)), min(8, len(means)), key="topk")
+        weights, _ = results[simam].attention(block)
+        means = results[simam].channel_weights(block)
+        _kept("topk", min(8, len(means)))
+        k = st.slider("Top-k channels", 1, min(16, len(means)), key="topk",
+                      on_change=_remember, args=("topk",))
         st.plotly_chart(charts.channel_maps(weights, means, top_k=k), width="stretch")
         left, right = st.columns(2)
         left.plotly_chart(charts.channel_bars(means, f"SimAM channel means · {block}"),
                           width="stretch")
-        if se is not None:
-            right.plotly_chart(charts.channel_bars(se.channel_weights(block),
-                                                   f"SE excitation · {block}", color="#ff7f0e"),
-                               width="stretch")
-        else:
+        if se is None:
             right.info("Add an SE-ResNet-50 to compare its excitation vector.")
-    elif se is not None:
-        st.plotly_chart(charts.channel_bars(se.channel_weights(block), f"SE excitation · {block}",
-                                            color="#ff7f0e"), width="stretch")
+            return
+        target = right
     else:
-        st.info("Per-channel weights need a SimAM or SE model.")
+        target = st.container()
+    target.plotly_chart(charts.channel_bars(results[se].channel_weights(block),
+                                            f"SE excitation · {block}", color="#ff7f0e"),
+                        width="stretch")
 
 
-def view_export(items, models, results, data: bytes, name: str, opts: dict) -> None:
+def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, block: str,
+                simam: int | None, data_sha: str, name: str) -> None:
     st.subheader("Export")
-    res = [r for r, _ in results]
     stem = Path(name).stem or "image"
-    maps = shared_maps(res, "layer4.2", "output", opts["shared"])
     st.markdown("**Panels (PNG, native resolution)**")
-    cols = st.columns(max(2, len(res)))
-    for i, (col, r, cam) in enumerate(zip(cols, res, maps, strict=False)):
-        png = figures.panel_png(figures.overlay(r.image, cam, colormap=opts["colormap"],
-                                                alpha=opts["alpha"]))
-        col.download_button(f"{r.model_name} Grad-CAM", png, f"{stem}_cam_{i}.png", "image/png",
-                            key=f"dl_panel_{i}")
-    for i, (cap, arr) in enumerate(st.session_state.get("panels", [])):
-        st.download_button(cap, figures.panel_png(arr), f"{stem}_fig6_panel{i}.png",
-                           "image/png", key=f"dl_fig6_{i}")
-    block = st.session_state.get("block", "layer4.2")
+    cols = st.columns(max(2, len(results)))
+    blend = {"colormap": style["colormap"], "alpha": style["alpha"]}
+
+    def cam_png(i: int) -> bytes:
+        cam = shared_maps(results, LAST_BLOCK, "output", style["shared"])[i]
+        return figures.panel_png(figures.overlay(results[i].image, cam, **blend))
+
+    for i, (col, r) in enumerate(zip(cols, results, strict=False)):
+        col.download_button(f"{r.model_name} Grad-CAM", lambda i=i: cam_png(i),
+                            f"{stem}_cam_{i}.png", "image/png", key=f"dl_panel_{i}")
+    if simam is not None:
+        for j, title in enumerate(figures.FIGURE6_TITLES):
+            st.download_button(
+                f"{title} · {block}",
+                lambda j=j: figures.panel_png(figure6_panels(results[simam], block, style)[j][1]),
+                f"{stem}_fig6_{block}_panel{j}.png", "image/png", key=f"dl_fig6_{j}")
     request = ExportRequest(block=block, method=opts["method"], simam_lambda=opts["lambda"],
-                            colormap=opts["colormap"], alpha=opts["alpha"],
-                            shared_scale=opts["shared"], target=res[0].target_name)
+                            colormap=style["colormap"], alpha=style["alpha"],
+                            shared_scale=style["shared"], target=results[0].target_name)
     st.markdown("**Composites (300 dpi) and everything as a zip**")
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Figure 1 (PNG)", lambda: _composite(res, request, "figure1"),
+    c1.download_button("Figure 1 (PNG)", lambda: _composite(results, request, "figure1"),
                        f"{stem}_figure1.png", "image/png", key="dl_fig1")
-    if any(r.arch == "simam_resnet50" for r in res):
-        c2.download_button("Figure 6 (PNG)", lambda: _composite(res, request, "figure6"),
+    if simam is not None:
+        c2.download_button("Figure 6 (PNG)", lambda: _composite(results, request, "figure6"),
                            f"{stem}_figure6.png", "image/png", key="dl_fig6")
     c3.download_button("All figures + manifest + arrays (zip)",
-                       lambda: _zip(res, models, request, stem, image_sha256(data)),
+                       lambda: _zip(results, models, request, stem, data_sha),
                        f"{stem}_simam_viz.zip", "application/zip", key="dl_zip")
 
 
-def _composite(res, request: ExportRequest, prefix: str) -> bytes:
-    figs = _render(res, request)
+def _composite(results, request: ExportRequest, prefix: str) -> bytes:
+    figs = render(results, request)
     name = next(k for k in figs if k.startswith(prefix))
     return figures.figure_to_png(figs[name], dpi=300)
 
 
-def _render(res, request: ExportRequest):
-    from simam_viz.export import render
-
-    return render(res, request)
-
-
-def _zip(res, models, request: ExportRequest, stem: str, sha: str) -> bytes:
+def _zip(results, models, request: ExportRequest, stem: str, sha: str) -> bytes:
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_exports(res, models, request, Path(tmp), stem, sha, npz=True)
+        files = write_exports(results, models, request, Path(tmp), stem, sha, npz=True)
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in files + sorted(Path(tmp).glob("*.json")):
                 zf.write(path, path.name)
     return buf.getvalue()
+
+
+@st.fragment
+def explore(results: list[Analysis], keys: list[str], models, opts: dict, data_sha: str,
+            name: str) -> None:
+    """Display settings and the open view; every widget here reruns only this fragment.
+
+    A fragment rerun does not pass through ``main``'s error handling, so it has its own.
+    """
+    guarded(lambda: _explore(results, keys, models, opts, data_sha, name))
+
+
+def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_sha: str,
+             name: str) -> None:
+    c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
+    _kept("colormap", COLORMAPS[0])
+    _kept("alpha", 0.5)
+    _kept("shared", False)
+    style = {
+        "colormap": c1.selectbox("Colour map", COLORMAPS, key="colormap", on_change=_remember,
+                                 args=("colormap",)),
+        "alpha": c2.slider("Overlay alpha", 0.0, 1.0, step=0.05, key="alpha",
+                           on_change=_remember, args=("alpha",)),
+        "shared": c3.checkbox("One colour scale for all models", key="shared",
+                              on_change=_remember, args=("shared",)),
+    }
+    pics = Pictures(results, keys, style)
+    simam = next((i for i, r in enumerate(results) if r.arch == "simam_resnet50"), None)
+    se = next((i for i, r in enumerate(results) if r.arch == "se_resnet50"), None)
+    tabs = st.tabs(VIEWS, key="view", on_change="rerun")
+    shown = [view for view, tab in zip(VIEWS, tabs, strict=True) if tab.open]
+    LOG.debug("render view %s", shown[0] if shown else VIEWS[0])
+    with tabs[0]:
+        if tabs[0].open:
+            view_compare(results, pics)
+    with tabs[1]:
+        if tabs[1].open:
+            view_simam(results, pics, simam, choose_block() if simam is not None else LAST_BLOCK)
+    with tabs[2]:
+        if tabs[2].open:
+            block = choose_block() if (simam is not None or se is not None) else LAST_BLOCK
+            view_channels(results, simam, se, block)
+    with tabs[3]:
+        if tabs[3].open:
+            view_export(results, models, style, opts, _export_block(simam), simam, data_sha,
+                        name)
+    with tabs[4]:
+        if tabs[4].open:
+            st.markdown(ABOUT)
+
+
+def _export_block(simam: int | None) -> str:
+    """The block the SimAM/Channels views last showed (their stage and block pickers)."""
+    stage = st.session_state.get("_keep_stage", 4)
+    index = st.session_state.get(f"_keep_block{stage}", STAGE_BLOCKS[stage - 1] - 1)
+    return f"layer{stage}.{index}" if simam is not None else LAST_BLOCK
 
 
 def main() -> None:
@@ -359,42 +531,42 @@ def main() -> None:
     st.caption("What do ResNet-50, SE-ResNet-50 and SimAM-ResNet-50 look at?")
     picked = read_input()
     items = choose_models()
-    st.sidebar.header("Device")
-    device_name = st.sidebar.selectbox("Run on", device_choices(), key="device")
-    device = "cuda" if device_name == "cuda" or (
-        device_name == "auto" and torch.cuda.is_available()) else "cpu"
-    st.sidebar.markdown(f"Running on **{device.upper()}**")
-    opts = settings()
+    device = choose_device()
     if picked is None:
         return
     data, name = picked
-    image = load_image(data)
     items, models, problems = load_models(items, device)
     for problem in problems:
         st.error(problem)
     if not models:
         return
-    st.session_state["_classes"] = list(models[0].simam_viz.class_names)
-    first = run(items, models, data, image, device, None, opts)
-    target = pick_target(first)
-    results = first if target is None else run(items, models, data, image, device, target, opts)
+    opts = analysis_settings(models, items)
+    results = run(items, models, data, device, opts)
+    res = [r for r, _ in results]
+    note = unfamiliar_image_note(res, [i.source for i in items],
+                                 models[0].simam_viz.class_names)
+    if note:
+        st.info(note)
+    shown_name = name.replace("`", "'")
+    st.caption(f"Image: `{shown_name}`")
     show_timings(results, device)
-    tabs = st.tabs(["Compare models", "Inside SimAM", "Channels", "Export", "About"])
-    with tabs[0]:
-        view_compare(results, opts)
-    with tabs[1]:
-        view_simam(results, opts)
-    with tabs[2]:
-        view_channels(results)
-    with tabs[3]:
-        view_export(items, models, results, data, name, opts)
-    with tabs[4]:
-        st.markdown(ABOUT)
+    sha = image_sha256(data)
+    keys = [repr(analysis_key(sha, i.key, m, device, opts["target"], opts["method"],
+                              opts["lambda"])) for i, m in zip(items, models, strict=True)]
+    explore(res, keys, models, opts, sha, name)
 
 
-try:
-    main()
-except SimamVizError as exc:
-    st.error(str(exc))
-except Exception as exc:  # never a traceback in the page; the session stays usable
-    st.error(f"Something went wrong ({type(exc).__name__}); please try again.")
+def guarded(body: Callable[[], None]) -> None:
+    """Run ``body``; a failure is one line on the page and a traceback in the server log."""
+    try:
+        body()
+    except SimamVizError as exc:
+        LOG.warning("shown to the user: %s", exc, exc_info=True)
+        st.error(str(exc))
+    except Exception as exc:  # never a traceback in the page; the session stays usable
+        LOG.exception("unexpected error in a script run")
+        st.error(f"Something went wrong ({type(exc).__name__}); please try again.")
+
+
+setup_logging()
+guarded(main)

@@ -15,7 +15,14 @@ from simam_viz import build_model, save_checkpoint
 from simam_viz.analysis import analyze
 from simam_viz.errors import SimamVizError
 from simam_viz.preprocess import Preprocessing
-from simam_viz.service import AnalysisKey, BusyError, Service, ServiceError
+from simam_viz.service import (
+    AnalysisKey,
+    BusyError,
+    ModelCache,
+    Service,
+    ServiceError,
+    shared_service,
+)
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 CLASSES = ["apple", "ball", "cat"]
@@ -47,36 +54,132 @@ def _captions(at) -> list[str]:
     return [c.value for c in at.caption]
 
 
-def test_page_shows_every_view(app) -> None:
+def _downloads(at) -> list[str]:
+    return [b.label for b in at.get("download_button")]
+
+
+def _open(at, view: str):
+    """Switch the lazy tabs (their state lives under the key ``view``) and rerun."""
+    at.session_state["view"] = view
+    return at.run()
+
+
+@pytest.fixture()
+def model_runs():
+    """Counts analyses that really ran in the process-wide service (cache hits do not)."""
+    service = shared_service()
+    calls: list[str] = []
+    original = service.analyze_fn
+
+    def counted(model, *args, **kwargs):
+        calls.append(model.simam_viz.name)
+        return original(model, *args, **kwargs)
+
+    service.analyze_fn = counted
+    yield calls
+    service.analyze_fn = original
+
+
+def test_page_shows_every_view_and_only_the_open_one(app) -> None:
     captions = _captions(app)
     assert any(c.startswith("Device **cpu**") for c in captions)
-    assert any("λ = 0.1" in c for c in captions)
     assert [t.label for t in app.tabs] == ["Compare models", "Inside SimAM", "Channels",
                                           "Export", "About"]
     assert any("1. " in m.value for m in app.markdown)  # top-5 lists
-    labels = [b.label for b in app.get("download_button")]
+    assert _downloads(app) == []  # the Export view is not open: nothing of it is built
+    _open(app, "Inside SimAM")
+    assert any("λ = 0.1" in c for c in _captions(app))
+    assert not any("1. " in m.value for m in app.markdown)  # Compare is not drawn now
+    _open(app, "Export")
+    labels = _downloads(app)
     assert "Figure 1 (PNG)" in labels and "Figure 6 (PNG)" in labels
     assert any("zip" in label for label in labels)
+    _open(app, "About")
     assert any("energy function" in m.value for m in app.markdown)
+    assert any("about (0.62, 1)" in m.value for m in app.markdown)
 
 
-def test_display_changes_do_not_run_models(app) -> None:
+def test_display_changes_do_not_run_models(app, model_runs) -> None:
+    _open(app, "Inside SimAM")
     app.slider(key="alpha").set_value(0.9).run()
     app.selectbox(key="colormap").select("viridis").run()
+    app.checkbox(key="shared").check().run()
     app.selectbox(key="stage").select(2).run()
     assert not app.exception
-    timing = next(c for c in _captions(app) if c.startswith("Device"))
-    assert timing.count("cached") == 3  # nothing recomputed
+    assert model_runs == []
     assert any("layer2.3" in c for c in _captions(app))
+    _open(app, "Channels")  # the block chosen in 'Inside SimAM' carries over
+    app.slider(key="topk").set_value(3).run()
+    assert not app.exception and model_runs == []
+    assert any("layer2.3" in str(chart.proto) for chart in app.get("plotly_chart"))
 
 
-def test_target_and_lambda_recompute(app) -> None:
-    app.selectbox(key="target").set_value("Any class…").run()
-    app.selectbox(key="any_class").set_value("cat").run()
+def test_target_and_lambda_recompute_once(app, model_runs) -> None:
+    _open(app, "Inside SimAM")
+    app.selectbox(key="target").set_value("cat").run()
     assert not app.exception and not app.error
     assert any("explaining 'cat'" in c for c in _captions(app))
-    app.select_slider(key="lambda").set_value(1.0).run()
+    assert len(model_runs) == 3  # one pass per model for the new class, no second analysis
+    app.selectbox(key="target").set_value("Each model's top-1").run()
+    app.selectbox(key="target").set_value("cat").run()
+    assert len(model_runs) == 3  # a class already computed is display only
+    app.select_slider(key="lambda::demo/simam_resnet50").set_value(1.0).run()
     assert any("λ = 1.0" in c for c in _captions(app))
+    assert len(model_runs) == 4  # only the SimAM model depends on lambda
+
+
+def test_lambda_starts_at_the_checkpoint_lambda(tmp_path: Path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    torch.manual_seed(0)
+    model = build_model("simam_resnet50", num_classes=3, width=0.125, simam_lambda=0.5)
+    save_checkpoint(model, tmp_path / "demo" / "simam_resnet50", class_names=CLASSES,
+                    preprocessing=Preprocessing(resize=64, crop=64))
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.select_slider(key="lambda::demo/simam_resnet50").value == 0.5
+    assert any("trained with λ = 0.5" in c for c in _captions(at))
+    _open(at, "Inside SimAM")
+    assert any("λ = 0.5" in c for c in _captions(at))
+
+
+def test_export_follows_the_selected_models(app) -> None:
+    """No Figure 6 download of a SimAM model that is no longer selected (no stale state)."""
+    _open(app, "Inside SimAM")
+    app.selectbox(key="stage").select(3).run()
+    _open(app, "Export")
+    labels = _downloads(app)
+    assert "Figure 6 (PNG)" in labels
+    assert "Grad-CAM before SimAM · layer3.5" in labels  # the block chosen in 'Inside SimAM'
+    app.multiselect(key="models").set_value(["demo/resnet50", "demo/se_resnet50"]).run()
+    labels = _downloads(app)
+    assert not app.exception
+    assert "Figure 6 (PNG)" not in labels
+    assert not any("SimAM" in label for label in labels)
+    assert "Figure 1 (PNG)" in labels
+
+
+def test_first_screen_uses_a_scene_and_flags_photos(monkeypatch) -> None:
+    """The shipped demo models: the default example is one they know; a photo gets one line."""
+    from streamlit.testing.v1 import AppTest
+
+    demo = Path(__file__).resolve().parents[1] / "checkpoints"
+    if not list((demo / "demo").glob("*.safetensors")):
+        pytest.skip("the shipped demo models are not present")
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="example").value == "scene_dog_3.png"
+    assert not [i.value for i in at.info]
+    tops = [m.value.splitlines()[0] for m in at.markdown if m.value.startswith("1. ")]
+    assert len(tops) == 3 and all(t.startswith("1. dog") for t in tops)
+    at.selectbox(key="example").set_value("photo_chelsea.jpg").run()
+    notes = [i.value for i in at.info]
+    assert len(notes) == 1 and "demo models know only 12" in notes[0]
+    assert "simam-viz fetch" in notes[0]
 
 
 def test_missing_checkpoints_is_one_message(tmp_path: Path, monkeypatch) -> None:
@@ -169,3 +272,73 @@ def test_faults_become_messages_and_the_next_request_works(error, message) -> No
     service.analyze_fn = analyze
     result, cached = service.analysis(_key(), model, IMAGE)
     assert not cached and result.cam("layer4.2").shape == (224, 224)  # default preprocessing
+
+
+def test_identical_requests_in_flight_run_once() -> None:
+    """Single flight: the warm-up and a first visitor (or two sessions) share one pass."""
+    service, model = Service(max_concurrent=2), _model()
+    entered, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def slow(*args, **kwargs):
+        runs.append(1)
+        entered.set()
+        release.wait(10)
+        return analyze(*args, **kwargs)
+
+    service.analyze_fn = slow
+    got: list[tuple] = []
+    first = threading.Thread(target=lambda: got.append(service.analysis(_key(), model, IMAGE)))
+    first.start()
+    entered.wait(10)
+    second = threading.Thread(target=lambda: got.append(service.analysis(_key(), model, IMAGE)))
+    second.start()
+    time.sleep(0.2)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(runs) == 1
+    assert got[0][0] is got[1][0]
+    assert sorted(cached for _, cached in got) == [False, True]
+
+
+def test_model_cache_loads_each_key_once_and_is_bounded() -> None:
+    cache = ModelCache(capacity=2)
+    loads: list[str] = []
+
+    def loader(name: str):
+        def load():
+            loads.append(name)
+            time.sleep(0.05)
+            return torch.nn.Linear(1, 1)
+        return load
+
+    threads = [threading.Thread(target=cache.get, args=(("a", 1), loader("a"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == ["a"]  # four sessions asked at once: one load
+    first = cache.get(("a", 1), loader("a"))
+    cache.get(("b", 1), loader("b"))
+    cache.get(("c", 1), loader("c"))  # evicts the least recently used ("a")
+    assert len(cache) == 2 and loads == ["a", "b", "c"]
+    assert cache.get(("a", 1), loader("a")) is not first and loads[-1] == "a"
+
+
+def test_unfamiliar_image_note() -> None:
+    from simam_viz.analysis import Prediction
+    from simam_viz.guidance import unfamiliar_image_note
+
+    def result(name: str, p: float):
+        return type("R", (), {"predictions": [Prediction(0, name, p)]})()
+
+    sure = [result("dog", 0.93), result("dog", 0.99)]
+    assert unfamiliar_image_note(sure, ["demo", "demo"], CLASSES) is None
+    unsure = [result("dog", 0.41), result("bicycle", 0.36)]
+    note = unfamiliar_image_note(unsure, ["demo", "demo"], CLASSES)
+    assert note is not None and "know only 3 kinds" in note and "apple, ball, cat" in note
+    disagree = [result("dog", 0.9), result("cat", 0.8)]
+    assert unfamiliar_image_note(disagree, ["demo", "demo"], CLASSES) is not None
+    # an official (ImageNet) model in the comparison: no such claim about the image
+    assert unfamiliar_image_note(unsure, ["demo", "official"], CLASSES) is None

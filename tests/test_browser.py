@@ -2,6 +2,8 @@
 
 Uploads through the real HTTP path, changes block and target, downloads a PNG, survives a
 corrupt upload, and checks that two sessions uploading at once each get their own result.
+The server's log (``SIMAM_VIZ_LOG_LEVEL=DEBUG``: one line per model run and per view drawn)
+shows that display-only changes run no model and that only the visible view is drawn.
 With SIMAM_VIZ_SCREENSHOTS=1 it also saves the README screenshots to docs/screenshots/.
 """
 
@@ -52,10 +54,17 @@ def tiny_demo_set(folder: Path) -> Path:
     return folder
 
 
+LOG_PATH: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt = tiny_demo_set(tmp_path_factory.mktemp("browser_ckpt"))
-    with serve(ckpt, env={"SIMAM_VIZ_MAX_CONCURRENT": "4"}) as url:
+    log = tmp_path_factory.mktemp("browser_log") / "server.log"
+    with serve(ckpt, env={"SIMAM_VIZ_MAX_CONCURRENT": "4", "SIMAM_VIZ_LOG_LEVEL": "DEBUG"},
+               log=log) as url:
+        if not os.environ.get("SIMAM_VIZ_URL"):
+            LOG_PATH["server"] = log
         yield url
 
 
@@ -96,13 +105,13 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     upload(page, "dog.png", (ROOT / "app" / "examples" / "scene_dog_3.png").read_bytes())
     wait_images(page)
     assert page.get_by_text("Device").count() >= 1
+    crop = input_pixels(page).shape  # the Compare view's input panel (views are lazy)
     _shot(page, "compare")
     page.get_by_role("tab", name="Inside SimAM").click()
     _select(page, "Stage", "2")
     assert page.get_by_text("layer2.3", exact=False).count() >= 1
     _shot(page, "inside_simam")
-    _select(page, "Explain class", "Any class…")
-    _select(page, "Class (by name)", "apple")
+    _select(page, "Explain class", "apple")
     assert page.get_by_text("explaining 'apple'", exact=False).count() >= 1
     page.get_by_role("tab", name="Channels").click()
     idle(page)
@@ -113,7 +122,6 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     with page.expect_download() as info:
         page.get_by_role("button", name="Grad-CAM", exact=False).first.click()
     png = Image.open(info.value.path())
-    crop = input_pixels(page).shape
     assert png.size == (crop[1], crop[0])
     # a corrupt file: one clear message, then the session still works
     upload(page, "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
@@ -142,3 +150,80 @@ def test_two_sessions_get_their_own_results(server: str, browser) -> None:
     np.testing.assert_array_equal(input_pixels(b), _expected_crop(data_b, prep))
     ca.close()
     cb.close()
+
+
+class ServerLog:
+    """The lines the server logged since the last ``new_lines()`` call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, path.stat().st_size
+
+    def new_lines(self) -> list[str]:
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        return data.decode("utf-8", "replace").splitlines()
+
+
+SETTLED = """() => {
+  const app = document.querySelector("[data-testid='stApp']");
+  return app && app.getAttribute("data-test-script-state") === "notRunning"
+    && [...document.images].every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def _settle(page) -> None:
+    page.wait_for_timeout(400)
+    page.wait_for_function(SETTLED, timeout=120_000, polling=50)
+
+
+def test_display_changes_run_no_model_and_only_the_open_view_renders(server: str,
+                                                                      browser) -> None:
+    if "server" not in LOG_PATH:
+        pytest.skip("the server runs elsewhere ($SIMAM_VIZ_URL): its log cannot be read")
+    context, page = open_session(browser, server)
+    upload(page, "fresh.png", png_bytes(31, (220, 170)))
+    wait_images(page)
+    log = ServerLog(LOG_PATH["server"])
+    upload(page, "fresh2.png", png_bytes(32, (220, 170)))
+    wait_images(page)
+    _settle(page)
+    lines = log.new_lines()
+    assert sum("analysis ran" in x for x in lines) == 3  # one pass per model, nothing more
+    assert {x.rsplit("render view ", 1)[1] for x in lines if "render view" in x} == {
+        "Compare models"}
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 0  # Channels not drawn
+
+    def changed(action, view: str) -> None:
+        action()
+        _settle(page)
+        new = log.new_lines()
+        runs = [x for x in new if "analysis ran" in x]
+        assert runs == [], f"a display-only change ran a model: {runs}"
+        drawn = {x.rsplit("render view ", 1)[1] for x in new if "render view" in x}
+        assert drawn == {view}, f"drawn: {drawn}, visible: {view}"
+        assert "Traceback" not in page.content()
+
+    def alpha_step() -> None:
+        box = page.locator("[data-testid='stSlider']").filter(has_text="Overlay alpha")
+        box.get_by_role("slider").focus()
+        page.keyboard.press("ArrowRight")
+
+    changed(alpha_step, "Compare models")
+    changed(lambda: _select(page, "Colour map", "viridis"), "Compare models")
+    changed(lambda: page.get_by_text("One colour scale for all models").click(),
+            "Compare models")
+    changed(lambda: page.get_by_role("tab", name="Inside SimAM").click(), "Inside SimAM")
+    assert page.locator("[data-testid='stImage']").count() == 5  # 4 panels + depth strip
+    assert page.get_by_text("Compare models (the paper", exact=False).count() == 0
+    changed(lambda: _select(page, "Stage", "2"), "Inside SimAM")
+    assert page.get_by_text("layer2.3", exact=False).count() >= 1
+    changed(lambda: page.get_by_role("tab", name="Channels").click(), "Channels")
+    assert page.locator("[data-testid='stImage']").count() == 0
+    charts = page.locator("[data-testid='stPlotlyChart']")
+    charts.nth(1).wait_for(timeout=60_000)  # plotly's code loads on first use
+    assert charts.count() >= 2
+    changed(lambda: page.get_by_role("tab", name="About").click(), "About")
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 0
+    context.close()

@@ -54,7 +54,7 @@ def test_base_user_port_and_healthcheck() -> None:
     health = next(arg for word, arg in rows if word == "HEALTHCHECK")
     assert "/_stcore/health" in health and "python" in health and "curl" not in health
     cmd = next(arg for word, arg in rows if word == "CMD")
-    assert "streamlit" in cmd and "app/streamlit_app.py" in cmd
+    assert "streamlit" in cmd and "app/serve.py" in cmd  # the page's warm-start wrapper
 
 
 def test_healthcheck_command_is_valid_python() -> None:
@@ -74,7 +74,7 @@ def test_torch_index_and_fetch_are_build_arguments() -> None:
 
 
 def test_build_context_holds_the_app_and_no_stray_weights() -> None:
-    for rel in ("requirements.txt", "simam_viz/analysis.py", "app/streamlit_app.py",
+    for rel in ("requirements.txt", "simam_viz/analysis.py", "app/streamlit_app.py", "app/serve.py",
                 ".streamlit/config.toml", "checkpoints/registry.json",
                 "checkpoints/demo/simam_resnet50.safetensors"):
         assert _context_includes(rel), rel
