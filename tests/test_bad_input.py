@@ -13,8 +13,10 @@ Every file is built here from code (nothing binary is committed). A case either
   "Input (as the models see it)" panel) matches an expectation computed here independently of
   the app's loader (EXIF via `ImageOps.exif_transpose`, modes from the numbers we wrote).
 
-Between cases the upload is removed, so the page goes back to its "Upload a ..." prompt with
-no figures: the next outcome is then recognisable even when two refusals read the same.
+Between cases the upload is removed, so the page goes back to the bundled default example:
+its figures, the caption "Image: scene_dog_3.png" and no message. The next outcome is then
+recognisable even when two refusals read the same: an error (the example shows none), or
+figures under a caption naming the upload (the page shows it only after a successful analysis).
 The server's RSS is sampled around the series; `SIMAM_VIZ_URL` (a container) skips only that.
 """
 
@@ -53,33 +55,34 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (make system-deps)")
 
 WAIT_MS = 180_000  # this 2-core machine runs other heavy jobs: generous, failures are still fast
-PROMPT = "Upload a JPEG, PNG, WebP, BMP or GIF image"  # the app's info box while nothing is up
+EXAMPLE = "scene_dog_3.png"  # what the page analyses while nothing is uploaded (app/paths.py)
 # Server memory bounds, MB. Measured on the 2-core dev box (tiny 160-px demo models), from
-# ~1030 MB after the warm-up analysis: the refused files moved RSS and peak (VmHWM) by <= 1 MB;
-# the 14 analysed files and the final PNG added ~210 MB, the result cache filling up (24
+# ~1300 MB after the warm-up (app/serve.py's start-up pass, then this session's first upload):
+# the refused files moved RSS and peak (VmHWM) by <= 3 MB;
+# the 14 analysed files and the final PNG added ~190 MB, the result cache filling up (24
 # analyses of ~9 MB; flat once full). A refused file that got decoded anyway costs far more
 # than 40 MB: the 45 MP gray PNG is 45 MB as L plus 135 MB as RGB, the bomb 1.2 GB, and the
 # 40000x1 PNG reached a 5.2 GB peak before images.py capped the aspect ratio.
 REFUSED_GROWTH_MB = 40
 TOTAL_GROWTH_MB = 300  # a full cache (~230 MB) plus margin; a leak per upload shows past it
 
-# The page has settled on the outcome of an upload: the run is over, the prompt has gone, and
-# either figures or a message are up. Checked in one go so it cannot see a half-updated page.
-OUTCOME = """(prompt) => {
+# What the page shows right now, read in one go so a check cannot see a half-updated page.
+_PAGE = """
   const app = document.querySelector("[data-testid='stApp']");
   if (!app || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-  const texts = [...document.querySelectorAll("[data-testid='stAlert']")].map(a => a.innerText);
-  if (texts.some(t => t.includes(prompt))) return false;
-  return document.querySelectorAll("[data-testid='stImage']").length >= 4 || texts.length > 0;
-}"""
-# The page is back at the prompt with no figures (after removing the upload).
-PROMPTING = """(prompt) => {
-  const app = document.querySelector("[data-testid='stApp']");
-  if (!app || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-  const texts = [...document.querySelectorAll("[data-testid='stAlert']")].map(a => a.innerText);
-  return texts.some(t => t.includes(prompt))
-      && document.querySelectorAll("[data-testid='stImage']").length === 0;
-}"""
+  const errors = document.querySelectorAll("[data-testid='stAlertContentError']").length;
+  const images = document.querySelectorAll("[data-testid='stImage']").length;
+  const chips = document.querySelectorAll("[data-testid='stFileChipDeleteBtn']").length;
+  const showing = (name) => images >= 4 && [...document.querySelectorAll(
+      "[data-testid='stCaptionContainer']")].some(c => c.innerText.trim() === "Image: " + name);
+"""
+# The page has settled on the outcome of uploading `name`: the run is over and either an
+# error or that file's figures (under its "Image: <name>" caption) are up.
+OUTCOME = "(name) => {" + _PAGE + "  return errors > 0 || showing(name);\n}"
+# The page is back at the default example: the run is over, no error, the example's figures;
+# and, unless `keepChip`, no file left in the uploader (its chip is gone).
+SHOWING_EXAMPLE = ("([example, keepChip]) => {" + _PAGE
+                   + "  return errors === 0 && (keepChip || chips === 0) && showing(example);\n}")
 
 
 # ---- files (all built here) ---------------------------------------------------------------------
@@ -362,20 +365,20 @@ def _mime(name: str) -> str:
 
 
 def _clear(page) -> None:
-    """Remove the current upload and wait for the bare prompt (no figures, no message)."""
+    """Remove the current upload and wait for the default example's figures, no message."""
     delete = page.locator("[data-testid='stFileChipDeleteBtn'] button")
     if delete.count():
         delete.first.click()
-    page.wait_for_function(PROMPTING, arg=PROMPT, timeout=WAIT_MS, polling=100)
+    page.wait_for_function(SHOWING_EXAMPLE, arg=[EXAMPLE, False], timeout=WAIT_MS, polling=100)
 
 
 def _send(page, name: str, data: bytes) -> tuple[list[str], np.ndarray | None]:
-    """Upload from a clean prompt; return (error messages, analysed pixels or None)."""
+    """Upload from the clean example page; return (error messages, analysed pixels or None)."""
     _clear(page)
     upload(page, name, data, _mime(name))
-    page.wait_for_function(OUTCOME, arg=PROMPT, timeout=WAIT_MS, polling=100)
+    page.wait_for_function(OUTCOME, arg=name, timeout=WAIT_MS, polling=100)
     page.wait_for_timeout(500)  # nothing may follow: the outcome must still hold
-    page.wait_for_function(OUTCOME, arg=PROMPT, timeout=WAIT_MS, polling=100)
+    page.wait_for_function(OUTCOME, arg=name, timeout=WAIT_MS, polling=100)
     html = page.content()
     assert "Traceback" not in html and page.locator("[data-testid='stException']").count() == 0
     errors = page.locator("[data-testid='stAlertContentError']").all_inner_texts()
@@ -401,7 +404,8 @@ def _assert_close(pixels: np.ndarray, image: Image.Image, prep: Preprocessing,
 @pytest.mark.slow
 def test_over_the_upload_cap_is_refused_by_the_uploader(session: Session) -> None:
     """11 MB: Streamlit's uploader refuses it (maxUploadSize = 10) before any byte is sent, so
-    the message is the widget's own, not an `stAlert`, and the app never sees the file.
+    the message is the widget's own, not an `stAlert`, and the app never sees the file: the
+    page keeps showing the default example's figures, with no message.
 
     Runs first (file order), so its memory sample counts with the refused files'.
     """
@@ -411,9 +415,12 @@ def test_over_the_upload_cap_is_refused_by_the_uploader(session: Session) -> Non
     uploader = page.locator("[data-testid='stFileUploader']")
     uploader.get_by_text("or smaller", exact=False).wait_for(timeout=WAIT_MS)
     page.wait_for_timeout(500)
-    page.wait_for_function(PROMPTING, arg=PROMPT, timeout=WAIT_MS, polling=100)
+    # the refused file may keep a chip (with the widget's error) in the uploader
+    page.wait_for_function(SHOWING_EXAMPLE, arg=[EXAMPLE, True], timeout=WAIT_MS, polling=100)
     assert "File must be 10.0MB or smaller." in uploader.inner_text()
-    assert "Traceback" not in page.content() and not page.locator("[data-testid='stImage']").count()
+    assert "Traceback" not in page.content() and not alerts(page)
+    assert page.locator("[data-testid='stCaptionContainer']").filter(
+        has_text=f"Image: {EXAMPLE}").count() == 1  # the example's figures, nothing else
     if session.pid is not None:
         session.memory["over-upload-cap"] = _memory(session.pid)
 

@@ -18,7 +18,8 @@ checks go further: every module's hook count back to its baseline, ``requires_gr
 train/eval mode, SimAM's lambda, BatchNorm statistics and the module tree unchanged, the model
 lock and service slot released, the next analysis bit-identical to one from a model that never
 saw the fault, and the page's own behaviour through ``streamlit.testing.v1.AppTest`` (sessions
-in one process share the app's ``st.cache_resource`` models, like a real server's sessions).
+in one process share the process-wide model and result caches of ``simam_viz.service``, like a
+real server's sessions; each test starts with them empty).
 The restart (d) needs a real browser and server; it is skipped without chromium/playwright.
 
 What a user sees, verbatim, is in the ``*_MESSAGE`` constants below.
@@ -44,6 +45,7 @@ from PIL import Image
 from torch import nn
 
 import simam_viz.analysis as analysis_module
+import simam_viz.service as service_module
 from simam_viz import build_model, catalog, save_checkpoint
 from simam_viz.analysis import Analysis, analyze, model_lock
 from simam_viz.attention import SimAM
@@ -55,11 +57,13 @@ from simam_viz.service import AnalysisKey, Service, ServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app" / "streamlit_app.py")
-EXAMPLE = ROOT / "app" / "examples" / "photo_astronaut.jpg"  # the page's default example
+EXAMPLE = ROOT / "app" / "examples" / "scene_dog_3.png"  # the page's default (app/paths.py)
 CLASSES = ["apple", "ball", "cat"]
 PREP = Preprocessing(resize=64, crop=64)
 ARCHS = ("resnet50", "se_resnet50", "simam_resnet50")
 DEMO_NAMES = ["ResNet-50 demo", "SE-ResNet-50 demo", "SimAM-ResNet-50 demo"]
+LAMBDA_KEY = "lambda::demo/simam_resnet50"  # the lambda slider's key: one per SimAM checkpoint
+IMAGE_CAPTION = f"Image: `{EXAMPLE.name}`"  # which image the figures are of (only on success)
 OOM_MESSAGE = "the GPU ran out of memory; try fewer models or the CPU device"
 FAULT_MESSAGE = "analysis failed (RuntimeError: injected fault in SimAM call 9)"
 BROKEN_MESSAGES = {
@@ -299,7 +303,9 @@ def test_oom_in_forward_frees_memory_then_next_request_works(
 
 @dataclass
 class Spy:
-    """What the app did inside its caches: models it loaded, analyses it asked for."""
+    """What the app did through the shared caches: models it loaded (``catalog.load``, called
+    by ``ModelCache`` on a miss) and analyses it ran (``Service.analysis``, which the page calls
+    only when ``service.cache`` has no result for the key: a recalled result is not recorded)."""
 
     loads: list[tuple[Path, nn.Module]] = field(default_factory=list)
     analyses: list[tuple[AnalysisKey, nn.Module, Analysis, bool]] = field(default_factory=list)
@@ -327,8 +333,13 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _clear_app_caches() -> None:
+    """Forget everything a previous test loaded or computed: the catalog (``st.cache_data``),
+    the page's file versions (``st.cache_resource``) and the process-wide ``ModelCache`` and
+    ``Service`` (result cache) of ``simam_viz.service``, which Streamlit's clear() leaves."""
     st.cache_resource.clear()
     st.cache_data.clear()
+    with service_module._SHARED_LOCK:
+        service_module._SHARED.clear()
 
 
 @pytest.fixture()
@@ -344,7 +355,7 @@ def ckpt(tiny_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 @pytest.fixture()
 def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    """Record the app's model loads and analyses: the models live in its own caches."""
+    """Record the app's model loads and analyses: the models live in the shared caches."""
     record = Spy()
     original_load, original_analysis = catalog.load, Service.analysis
 
@@ -364,7 +375,8 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
 
 
 def _session():
-    """A new browser session on the page (its own session state, the shared caches)."""
+    """A new browser session on the page (its own session state, the shared caches); with no
+    upload it analyses the default example."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=120)
@@ -388,6 +400,10 @@ def _shown(at) -> list[str]:
     return [part.rsplit(":", 1)[0] for part in caption.split(" · ")[1:]]
 
 
+def _image_captions(at) -> list[str]:
+    return [c.value for c in at.caption if c.value.startswith("Image:")]
+
+
 def _recomputed(at) -> bool:
     caption = next(c.value for c in at.caption if c.value.startswith("Device"))
     return "cached" not in caption
@@ -407,7 +423,7 @@ def test_page_reports_engine_fault_and_recovers(ckpt: Path, spy: Spy,
     simam_path = ckpt / "demo" / "simam_resnet50.safetensors"
     at = _session()
     assert _errors(at) == [FAULT_MESSAGE]
-    assert _shown(at) == []  # no half-drawn page
+    assert _shown(at) == [] and _image_captions(at) == []  # no half-drawn page
     simam = spy.model(simam_path)
     reference = load_model(simam_path)
     assert _state(simam) == _state(reference)  # eval, grads on, lambda, no hooks left
@@ -423,6 +439,7 @@ def test_page_reports_engine_fault_and_recovers(ckpt: Path, spy: Spy,
     fault.active = False
     at.run()
     assert _errors(at) == [] and _shown(at) == DEMO_NAMES
+    assert _image_captions(at) == [IMAGE_CAPTION]
     assert spy.loaded(simam_path) == 1  # the same cached model, not a reload
     key, model, result, cached = spy.last("demo/simam_resnet50")
     assert model is simam and not cached
@@ -439,7 +456,7 @@ def test_page_reports_oom_and_other_sessions_recompute(ckpt: Path, spy: Spy,
     fault.install(monkeypatch)
     at = _session()
     assert _errors(at) == [] and not _recomputed(at)  # same image: all from the cache
-    at.select_slider(key="lambda").set_value(1.0).run()  # only SimAM has to run again
+    at.select_slider(key=LAMBDA_KEY).set_value(1.0).run()  # only SimAM has to run again
     assert _errors(at) == [OOM_MESSAGE] and _shown(at) == []
     fault.active = False
     watcher.run()
@@ -447,7 +464,9 @@ def test_page_reports_oom_and_other_sessions_recompute(ckpt: Path, spy: Spy,
     assert _recomputed(watcher)  # its cached results were freed with the rest
     at.run()
     assert _errors(at) == [] and _shown(at) == DEMO_NAMES
-    assert any("λ = 1.0" in c.value for c in at.caption)
+    at.session_state["view"] = "Inside SimAM"  # the lambda is in that (lazy) tab's caption
+    at.run()
+    assert _errors(at) == [] and any("λ = 1.0" in c.value for c in at.caption)
 
 
 # --------------------------------------------------------------- (c) checkpoints on disk
@@ -460,7 +479,7 @@ def test_checkpoint_deleted_after_load_keeps_serving(ckpt: Path, spy: Spy) -> No
     assert _errors(at) == [] and _shown(at) == DEMO_NAMES
     for suffix in (".safetensors", ".json"):
         (ckpt / "demo" / f"se_resnet50{suffix}").unlink()
-    at.select_slider(key="lambda").set_value(1.0).run()  # a new analysis on the cached model
+    at.select_slider(key=LAMBDA_KEY).set_value(1.0).run()  # a new analysis, the cached model
     assert _errors(at) == [] and _shown(at) == DEMO_NAMES
     assert _errors(_session()) == []  # a new session too
     assert len(spy.loads) == 3  # nothing reloaded
@@ -538,8 +557,9 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
 
     What is true (and sensible): while it is down the page says it is reconnecting; once it
     is back the page reconnects on its own, without a reload, still showing the last figures.
-    The old session and its upload died with the process, so the next rerun asks for an
-    image again (no error, no traceback), and a new upload is analysed by the new server.
+    The old session and its upload died with the process, so the next rerun finds no upload
+    and shows the default example again (no error, no traceback), and a new upload is
+    analysed by the new server.
     """
     pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     from apphost import (
@@ -554,7 +574,6 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
         start_app,
         stop_app,
         upload,
-        wait_images,
     )
     from playwright.sync_api import sync_playwright
 
@@ -565,14 +584,31 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
     folder = tiny_demo_set(tmp_path / "checkpoints")
     port = free_port()
     app = '[data-testid="stApp"]'
-    url, proc = start_app(folder, port=port)
+    url, proc = start_app(folder, port=port, log=tmp_path / "server-1.log")
     procs = [proc]
+
+    def showing(page, name: str) -> None:
+        """Wait until the page's figures are of ``name`` (the caption the page shows only
+        after a successful analysis) and the run is over; the example's figures are on the
+        page from the start, so counting images alone cannot tell a new result."""
+        caption = page.locator("[data-testid='stCaptionContainer']").filter(
+            has_text=f"Image: {name}")
+        caption.first.wait_for(timeout=300_000)
+        idle(page, 300_000)
+        assert page.locator("[data-testid='stImage']").count() >= 4
+
+    def no_error(page) -> None:
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0, alerts(page)
+        assert not any("went wrong" in a for a in alerts(page))
+        assert "Traceback" not in page.content()
+        assert page.locator("[data-testid='stException']").count() == 0
+
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             context, page = open_session(browser, url)
             upload(page, "before.png", png_bytes(21))
-            wait_images(page)
+            showing(page, "before.png")
             page.evaluate("window.__before_restart = true")  # gone if the page reloads
 
             proc.kill()  # a crash, not a graceful shutdown
@@ -582,7 +618,7 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
             status = page.locator("[data-testid='stStatusWidget']")
             status.filter(has_text="CONNECTING").wait_for(timeout=30_000)
 
-            url_again, proc = start_app(folder, port=port)
+            url_again, proc = start_app(folder, port=port, log=tmp_path / "server-2.log")
             procs.append(proc)
             assert url_again == url
             page.wait_for_selector(f'{app}[data-test-connection-state="CONNECTED"]',
@@ -590,22 +626,26 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
             assert page.evaluate("window.__before_restart === true")  # not reloaded
             assert page.locator("[data-testid='stImage']").count() >= 4  # old figures stay
 
-            # a rerun (any widget) finds no upload on the new server: it asks again
-            box = page.locator("[data-testid='stSelectbox']").filter(has_text="Colour map")
+            # A full rerun finds no upload on the new server (the old session and its file
+            # died with the process): the page falls back to the default example. The rerun
+            # comes from a sidebar widget, not from the colour map: the display controls are
+            # inside an st.fragment, and a fragment rerun sent to a fresh server reruns
+            # nothing (the new session never registered that fragment: the server logs "The
+            # fragment with id ... does not exist anymore" and the page keeps the old
+            # figures). "Run on: cpu" is a full rerun on the same device here.
+            box = page.locator("[data-testid='stSelectbox']").filter(has_text="Run on")
             combo = box.first.get_by_role("combobox")
             combo.click()
-            combo.fill("viridis")
-            page.get_by_role("option", name="viridis", exact=True).first.click()
-            idle(page)
-            assert any(a.startswith("Upload a JPEG") for a in alerts(page))
-            assert page.locator("[data-testid='stImage']").count() == 0
+            combo.fill("cpu")
+            page.get_by_role("option", name="cpu", exact=True).first.click()
+            showing(page, "scene_dog_3.png")  # the bundled default example (app/paths.py)
+            no_error(page)
+            assert page.get_by_text("Image: before.png").count() == 0
 
             data = png_bytes(22)
             upload(page, "after.png", data)
-            wait_images(page)
-            assert not any(a.startswith("Upload a JPEG") or "went wrong" in a
-                           for a in alerts(page))
-            assert "Traceback" not in page.content()
+            showing(page, "after.png")
+            no_error(page)
             shown = input_pixels(page)  # fetched from the new server
             prep = Preprocessing(resize=shown.shape[0], crop=shown.shape[0])
             expected = prep.crop_image(Image.open(io.BytesIO(data)).convert("RGB"))
