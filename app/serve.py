@@ -12,6 +12,7 @@ cold.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -44,7 +45,7 @@ def warm() -> None:
         from simam_viz.service import shared_models, warm_up
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        items = [i for i in catalog.available(checkpoints_dir()) if i.source == "demo"][:3]
+        items = catalog.default_selection(catalog.available(checkpoints_dir()))
         pool = shared_models()
         models = [
             (item.key, pool.get((item.key, catalog.file_version(item.path), device),
@@ -53,6 +54,10 @@ def warm() -> None:
         ]
         data = (EXAMPLES / DEFAULT_EXAMPLE).read_bytes()
         warm_up(models, load_image(data), image_sha256(data), device)
+        # everything alive now (torch, the models) lives as long as the server: keep it out
+        # of the collector's full passes, which would otherwise walk it again and again
+        gc.collect()
+        gc.freeze()
         LOG.info("warm-up done in %.1f s (%d models)", time.perf_counter() - start, len(models))
     except Exception:  # a failed warm-up only means a slower first visit
         LOG.warning("warm-up failed; the first visitor will load everything", exc_info=True)

@@ -110,6 +110,8 @@ def screen_png(key: str, _picture: np.ndarray) -> bytes:
 
 def _use(source: str) -> None:
     st.session_state["_source"] = source
+    if source == "example":
+        st.session_state.pop("_last_upload", None)
 
 
 def _example_label(name: str) -> str:
@@ -120,8 +122,8 @@ def _example_label(name: str) -> str:
     return f"Photo: {rest.replace('_', ' ')} (needs ImageNet weights)"
 
 
-def read_input() -> tuple[bytes, str] | None:
-    """The chosen image's bytes and name: the latest upload, else the chosen example."""
+def read_input() -> tuple[bytes, str, bool] | None:
+    """The chosen image's bytes, name and whether it is an upload (else an example)."""
     examples = sorted(p.name for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
     # scenes the demo models know first, then the photographs that need ImageNet weights
     examples.sort(key=lambda n: (not n.startswith("scene_"), n))
@@ -135,14 +137,23 @@ def read_input() -> tuple[bytes, str] | None:
         example = right.selectbox("…or try an example", examples, index=index,
                                   format_func=_example_label, key="example", on_change=_use,
                                   args=("example",))
-    if upload is not None and st.session_state.get("_source", "upload") == "upload":
+    from_upload = st.session_state.get("_source", "upload") == "upload"
+    if upload is not None and from_upload:
         if upload.size > MAX_BYTES:
             raise SimamVizError(f"{upload.name}: over the {MAX_BYTES // 2**20} MB upload limit")
-        return upload.getvalue(), upload.name
+        return upload.getvalue(), upload.name, True
+    last = st.session_state.get("_last_upload")
+    if from_upload and last is not None:
+        # The uploader is empty: either the user removed the file, or Streamlit removes the
+        # old file before sending a new one, with a run in between. Showing the example there
+        # would flash it and analyse it on every replacement; keep the last upload instead.
+        left.button("Back to the examples", key="back_to_examples", on_click=_use,
+                    args=("example",))
+        return (*last, False)  # already kept
     if example is None:
         st.info("No bundled examples found; upload an image.")
         return None
-    return (EXAMPLES / example).read_bytes(), example
+    return (EXAMPLES / example).read_bytes(), example, False
 
 
 def choose_models() -> list[catalog.CatalogItem]:
@@ -154,7 +165,7 @@ def choose_models() -> list[catalog.CatalogItem]:
     if not items:
         raise SimamVizError("no checkpoints found: add files to checkpoints/ (see README)")
     labels = {item.key: item.label for item in items}
-    default = [i.key for i in items if i.source == "demo"][:3] or [items[0].key]
+    default = [i.key for i in catalog.default_selection(items)]
     keys = compare.multiselect("Compare", list(labels), default=default,
                                format_func=labels.get, key="models", max_selections=5)
     if not keys:
@@ -534,7 +545,7 @@ def main() -> None:
     device = choose_device()
     if picked is None:
         return
-    data, name = picked
+    data, name, fresh_upload = picked
     items, models, problems = load_models(items, device)
     for problem in problems:
         st.error(problem)
@@ -542,6 +553,8 @@ def main() -> None:
         return
     opts = analysis_settings(models, items)
     results = run(items, models, data, device, opts)
+    if fresh_upload:
+        st.session_state["_last_upload"] = (data, name)  # analysed fine: worth keeping
     res = [r for r, _ in results]
     note = unfamiliar_image_note(res, [i.source for i in items],
                                  models[0].simam_viz.class_names)

@@ -171,6 +171,15 @@ def available(folder: str | Path | None = None) -> list[CatalogItem]:
     return items
 
 
+def default_selection(items: list[CatalogItem]) -> list[CatalogItem]:
+    """What a new visitor compares: the demo trio, else the first checkpoint found.
+
+    The app's model list and the server's start-up warm-up both use this, so the models
+    warmed are the ones the first visitor's page asks for.
+    """
+    return [i for i in items if i.source == "demo"][:3] or items[:1]
+
+
 def resolve(spec: str, folder: str | Path | None = None) -> CatalogItem:
     """A catalog item from a key (``demo/...``), a registry name, a bare demo name or a path."""
     folder = Path(folder) if folder is not None else checkpoints_dir()

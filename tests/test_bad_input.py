@@ -36,6 +36,7 @@ from apphost import (
     CHROMIUM,
     CHROMIUM_ARGS,
     alerts,
+    idle,
     input_pixels,
     open_session,
     png_bytes,
@@ -369,6 +370,12 @@ def _clear(page) -> None:
     delete = page.locator("[data-testid='stFileChipDeleteBtn'] button")
     if delete.count():
         delete.first.click()
+        idle(page, WAIT_MS)
+    # an emptied uploader keeps the last good upload on screen (no flash of the example when
+    # a file is replaced); the button goes back to the examples
+    back = page.get_by_role("button", name="Back to the examples")
+    if back.count():
+        back.first.click()
     page.wait_for_function(SHOWING_EXAMPLE, arg=[EXAMPLE, False], timeout=WAIT_MS, polling=100)
 
 
