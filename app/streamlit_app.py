@@ -410,10 +410,7 @@ def view_channels(results: Sequence[Analysis], simam: int | None, se: int | None
     if simam is not None:
         weights, _ = results[simam].attention(block)
         means = results[simam].channel_weights(block)
-        _kept("topk", min(8, len(means)))
-        k = st.slider("Top-k channels", 1, min(16, len(means)), key="topk",
-                      on_change=_remember, args=("topk",))
-        st.plotly_chart(charts.channel_maps(weights, means, top_k=k), width="stretch")
+        top_channels(weights, means)
         left, right = st.columns(2)
         left.plotly_chart(charts.channel_bars(means, f"SimAM channel means · {block}"),
                           width="stretch")
@@ -426,6 +423,15 @@ def view_channels(results: Sequence[Analysis], simam: int | None, se: int | None
     target.plotly_chart(charts.channel_bars(results[se].channel_weights(block),
                                             f"SE excitation · {block}", color="#ff7f0e"),
                         width="stretch")
+
+
+@st.fragment
+def top_channels(weights: np.ndarray, means: np.ndarray) -> None:
+    """The top-k slider and its chart: a top-k change redraws this chart only, not the bars."""
+    _kept("topk", min(8, len(means)))
+    k = st.slider("Top-k channels", 1, min(16, len(means)), key="topk", on_change=_remember,
+                  args=("topk",))
+    st.plotly_chart(charts.channel_maps(weights, means, top_k=k), width="stretch")
 
 
 def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, block: str,

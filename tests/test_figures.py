@@ -362,3 +362,22 @@ def test_jpeg_bytes_is_a_close_jpeg_of_the_picture() -> None:
     assert back.format == "JPEG" and back.size == (160, 160)
     assert np.abs(np.asarray(back, np.float64) - smooth).mean() < 2.0
     assert len(data) < len(figures.panel_png(smooth))
+
+
+def test_channel_maps_tiles_the_top_channels_with_their_ids() -> None:
+    from simam_viz import charts
+
+    rng = np.random.default_rng(1)
+    weights = rng.random((6, 5, 4)).astype(np.float32)
+    means = weights.mean(axis=(1, 2))
+    order = np.argsort(-means)[:5]
+    fig = charts.channel_maps(weights, means, top_k=5)
+    z, ids = np.asarray(fig.data[0].z, np.float64), np.asarray(fig.data[0].customdata)
+    assert z.shape == (2 * 6 - 1, 4 * 5 - 1)  # 4 tiles a row, one-cell gaps
+    for i, c in enumerate(order):
+        top, left = (i // 4) * 6, (i % 4) * 5
+        np.testing.assert_allclose(z[top : top + 5, left : left + 4], weights[c], rtol=1e-6)
+        assert (ids[top : top + 5, left : left + 4] == c).all()
+    assert np.isnan(z[5]).all() and (ids[5] == -1).all()  # the gap row
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [f"ch {int(c)} (mean {means[c]:.3f})" for c in order]
