@@ -369,8 +369,10 @@ def choose_block() -> str:
     """Stage and block pickers, shared by the SimAM and Channels views (state survives)."""
     c1, c2 = st.columns(2)
     _kept("stage", 4)
-    stage = c1.selectbox("Stage", [1, 2, 3, 4], key="stage", on_change=_remember,
-                         args=("stage",))
+    # radio, not a select box: one click is the change (a drop-down costs a second step and
+    # ~100 ms of its own before the rerun is even sent)
+    stage = c1.radio("Stage", [1, 2, 3, 4], key="stage", horizontal=True, on_change=_remember,
+                     args=("stage",))
     key = f"block{stage}"
     _kept(key, STAGE_BLOCKS[stage - 1] - 1)
     index = c2.select_slider("Block", list(range(STAGE_BLOCKS[stage - 1])), key=key,

@@ -498,6 +498,16 @@ class Session:
         self.remember()
         return sample
 
+    def pick(self, label: str, option: str, row: Row | None, warm: bool = False,
+             **change) -> Sample:
+        """Time a click on one option of a radio group (one click is the whole change)."""
+        group = self.page.locator("[data-testid='stRadio']").filter(has_text=label)
+        sample = self.measure(lambda: group.get_by_text(option, exact=True).click(), row,
+                              prepare=lambda: self.fresh(**change), warm=warm)
+        self.state.update(change)
+        self.remember()
+        return sample
+
     def tab(self, name: str, row: Row | None, warm: bool = False) -> Sample:
         sample = self.measure(lambda: self.page.get_by_role("tab", name=name, exact=True).click(),
                               row, prepare=lambda: self.fresh(tab=name), warm=warm)
@@ -632,7 +642,7 @@ def run_table(browser, srv: Server, rounds: int, warmup: int, notes: list[str],
     r = row("stage (Inside SimAM)", 150)
     for i in range(total):
         stage = 4 - (5 - s.state["stage"]) % 4  # 4 -> 3 -> 2 -> 1 -> 4 ...
-        s.choose("Stage", str(stage), r, warm=i < warmup, stage=stage)
+        s.pick("Stage", str(stage), r, warm=i < warmup, stage=stage)
 
     r = row("block slider step (Inside SimAM)", 150)
     for i in range(total):

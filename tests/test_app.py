@@ -104,7 +104,7 @@ def test_display_changes_do_not_run_models(app, model_runs) -> None:
     app.slider(key="alpha").set_value(0.9).run()
     app.selectbox(key="colormap").select("viridis").run()
     app.checkbox(key="shared").check().run()
-    app.selectbox(key="stage").select(2).run()
+    app.radio(key="stage").set_value(2).run()
     assert not app.exception
     assert model_runs == []
     assert any("layer2.3" in c for c in _captions(app))
@@ -148,7 +148,7 @@ def test_lambda_starts_at_the_checkpoint_lambda(tmp_path: Path, monkeypatch) -> 
 def test_export_follows_the_selected_models(app) -> None:
     """No Figure 6 download of a SimAM model that is no longer selected (no stale state)."""
     _open(app, "Inside SimAM")
-    app.selectbox(key="stage").select(3).run()
+    app.radio(key="stage").set_value(3).run()
     _open(app, "Export")
     labels = _downloads(app)
     assert "Figure 6 (PNG)" in labels

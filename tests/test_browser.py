@@ -99,6 +99,12 @@ def _select(page, label: str, option: str) -> None:
     idle(page)
 
 
+def _stage(page, stage: str) -> None:
+    group = page.locator("[data-testid='stRadio']").filter(has_text="Stage")
+    group.get_by_text(stage, exact=True).click()
+    idle(page)
+
+
 def test_upload_browse_download_and_recover(server: str, browser) -> None:
     context, page = open_session(browser, server)
     # a real scene (one of the gallery examples): the screenshots in README show it
@@ -108,7 +114,7 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     crop = input_pixels(page).shape  # the Compare view's input panel (views are lazy)
     _shot(page, "compare")
     page.get_by_role("tab", name="Inside SimAM").click()
-    _select(page, "Stage", "2")
+    _stage(page, "2")
     assert page.get_by_text("layer2.3", exact=False).count() >= 1
     _shot(page, "inside_simam")
     _select(page, "Explain class", "apple")
@@ -217,7 +223,7 @@ def test_display_changes_run_no_model_and_only_the_open_view_renders(server: str
     changed(lambda: page.get_by_role("tab", name="Inside SimAM").click(), "Inside SimAM")
     assert page.locator("[data-testid='stImage']").count() == 5  # 4 panels + depth strip
     assert page.get_by_text("Compare models (the paper", exact=False).count() == 0
-    changed(lambda: _select(page, "Stage", "2"), "Inside SimAM")
+    changed(lambda: _stage(page, "2"), "Inside SimAM")
     assert page.get_by_text("layer2.3", exact=False).count() >= 1
     changed(lambda: page.get_by_role("tab", name="Channels").click(), "Channels")
     assert page.locator("[data-testid='stImage']").count() == 0
