@@ -121,6 +121,8 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     assert page.get_by_text("explaining 'apple'", exact=False).count() >= 1
     page.get_by_role("tab", name="Channels").click()
     idle(page)
+    # plotly's code loads on the first chart: wait until the charts are drawn
+    page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=60_000)
     _shot(page, "channels")
     page.get_by_role("tab", name="Export").click()
     idle(page)
