@@ -184,8 +184,12 @@ def _prepare_input(
 
 @contextmanager
 def _analysis_state(model: nn.Module, simam_lambda: float | None) -> Iterator[None]:
-    """Eval mode, no parameter grads, optional lambda; everything restored on exit."""
-    training = model.training
+    """Eval mode, no parameter grads, optional lambda; everything restored on exit.
+
+    Each submodule's own training flag is restored, not just the root's: a model in mixed
+    modes (``model.train(); model.layer1.eval()``) comes back exactly as it was.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     simams = [m for m in model.modules() if isinstance(m, SimAM)]
     lambdas = [m.e_lambda for m in simams]
@@ -202,7 +206,8 @@ def _analysis_state(model: nn.Module, simam_lambda: float | None) -> Iterator[No
             p.requires_grad_(flag)
         for m, lam in zip(simams, lambdas, strict=True):
             m.e_lambda = lam
-        model.train(training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def analyze(

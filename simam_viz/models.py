@@ -239,9 +239,23 @@ def build_model(
         simam_lambda=simam_lambda if spec.attention == "simam" else None,
         num_classes=num_classes,
         resnet_variant=resnet_variant,
+        class_names=default_class_names(num_classes),
         extra={"dilate_last": dilate_last},
     )
     return model.eval()
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """ImageNet's names for a 1000-way head, else ``class 0 ... class N-1``.
+
+    A freshly built model must accept integer and name targets (``analyze(m, x, target=440)``)
+    without a checkpoint; loading a checkpoint replaces these with its own names.
+    """
+    if num_classes == 1000:
+        from simam_viz.preprocess import imagenet_classes
+
+        return list(imagenet_classes())
+    return [f"class {i}" for i in range(num_classes)]
 
 
 def model_info(model: nn.Module) -> ModelInfo:

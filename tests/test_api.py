@@ -1,0 +1,49 @@
+"""The library as a user imports it: top-level names, usable fresh models, engine state."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+import simam_viz
+from simam_viz import Analysis, AnalysisError, analyze, build_model
+from simam_viz.preprocess import imagenet_classes
+
+IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+
+
+def test_top_level_names_are_the_submodules_objects() -> None:
+    import simam_viz.analysis as engine
+
+    assert analyze is engine.analyze and Analysis is engine.Analysis
+    assert AnalysisError is engine.AnalysisError
+    for name in ("analyze", "Analysis", "AnalysisError", "build_model", "load_model",
+                 "save_checkpoint", "identify_checkpoint", "SimAM", "SE", "ECA", "CBAM",
+                 "CheckpointError", "__version__"):
+        assert name in simam_viz.__all__ and getattr(simam_viz, name) is not None
+
+
+def test_fresh_models_take_integer_and_name_targets() -> None:
+    torch.manual_seed(0)
+    imagenet = build_model("simam_resnet50", width=0.125)
+    names = imagenet.simam_viz.class_names
+    assert names == list(imagenet_classes()) and len(names) == 1000
+    result = analyze(imagenet, IMAGE, target=440)
+    assert result.target == 440 and result.target_name == names[440]
+    assert analyze(imagenet, IMAGE, target=names[7]).target == 7
+    small = build_model("resnet50", num_classes=3, width=0.125)
+    assert small.simam_viz.class_names == ["class 0", "class 1", "class 2"]
+    assert analyze(small, IMAGE, target="class 2").target == 2
+
+
+def test_analyze_restores_every_submodules_mode() -> None:
+    torch.manual_seed(0)
+    model = build_model("simam_resnet50", num_classes=3, width=0.125)
+    model.train()
+    model.layer1.eval()
+    model.layer3[2].bn1.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    assert not all(before.values()) and any(before.values())  # really mixed
+    analyze(model, IMAGE, blocks="all")
+    assert {name: m.training for name, m in model.named_modules()} == before
