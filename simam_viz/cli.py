@@ -200,6 +200,13 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
 
 
+def _only_input(inputs: Sequence[object], path: object, exc: SimamVizError) -> None:
+    """A bad input that is the only one is a usage error (exit 2, one ``error:`` line), not a
+    batch with one item skipped (exit 1)."""
+    if len(inputs) == 1:
+        raise SimamVizError(f"{path}: {exc}") from exc
+
+
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -212,6 +219,7 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             image = load_image(image_path)
         except SimamVizError as exc:
+            _only_input(args.images, image_path, exc)
             print(f"error: {image_path}: {exc}", file=sys.stderr)
             skipped += 1
             continue
@@ -299,6 +307,7 @@ def _figure(args: argparse.Namespace) -> int:
             data = Path(path).read_bytes()
             results = analyze_all(models, image, request)
         except SimamVizError as exc:
+            _only_input(paths, path, exc)
             tqdm.write(f"error: {path}: {exc} (skipped)", file=sys.stderr)
             skipped += 1
             continue

@@ -102,3 +102,20 @@ def test_predict(demo_dir: Path, images: Path, monkeypatch, capsys) -> None:
     assert code == 1 and "broken.png" in err
     lines = [x for x in out.splitlines() if x.startswith("  ")]
     assert len(lines) == 3 and all(x.count("%") == 2 for x in lines)
+
+
+@pytest.mark.parametrize("command", ["figure", "predict"])
+def test_one_bad_input_alone_is_a_usage_error(command: str, demo_dir: Path, images: Path,
+                                              tmp_path: Path, monkeypatch, capsys) -> None:
+    """Nothing else to do: exit 2 with one `error:` line (a batch with some bad files: 1)."""
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo_dir))
+    args = [command, str(images / "broken.png"), "--device", "cpu"]
+    if command == "figure":
+        args += ["--out", str(tmp_path / "out")]
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.png" in lines[0]
+    assert "(skipped)" not in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
