@@ -16,7 +16,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -245,7 +244,7 @@ def analyze(
         timings["pass"] = time.perf_counter() - start
         probs = torch.softmax(logits.detach()[0].float(), dim=0).cpu().numpy()
         result = _build_result(info, cam_method.name, chosen, simam_lambda, block_names,
-                               picture, probs, timings, model)
+                               picture, probs, timings)
         start = time.perf_counter()
         for block in block_names:
             for tap in taps_for_block(model, block):
@@ -270,7 +269,7 @@ def analyze(
 
 def _build_result(
     info: ModelInfo, method: str, chosen: int, lam: float | None, blocks: tuple[str, ...],
-    picture: np.ndarray, probs: np.ndarray, timings: dict[str, float], model: nn.Module,
+    picture: np.ndarray, probs: np.ndarray, timings: dict[str, float],
 ) -> Analysis:
     top = np.argsort(-probs)[:5]
     predictions = [Prediction(int(i), info.class_names[i], float(probs[i])) for i in top]
@@ -292,16 +291,3 @@ def _record_weights(result: Analysis, rec: Recorder, block: str) -> None:
         result._channels[block] = w.mean(axis=(1, 2))
     elif block in rec.gate_values:
         result._channels[block] = rec.gate_values[block][0].float().cpu().numpy()
-
-
-def info_dict(result: Analysis) -> dict[str, Any]:
-    """Small JSON-ready summary (for manifests)."""
-    return {
-        "model": result.model_name,
-        "arch": result.arch,
-        "method": result.method,
-        "target": result.target,
-        "target_name": result.target_name,
-        "lambda": result.simam_lambda,
-        "blocks": list(result.blocks),
-    }

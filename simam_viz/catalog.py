@@ -32,6 +32,7 @@ __all__ = [
     "UNVERIFIED",
     "CatalogItem",
     "available",
+    "checkpoint_files",
     "file_version",
     "resolve",
 ]
@@ -114,9 +115,19 @@ def _official_verdict(entry: RegistryEntry, path: Path) -> str | None:
     return "hash mismatch" if hash_matches(entry, digest) is False else None
 
 
-def _is_checkpoint(path: Path) -> bool:
-    name = path.name
-    return path.is_file() and name.endswith(CHECKPOINT_SUFFIXES) and not name.startswith(".")
+def checkpoint_files(folder: Path) -> list[Path]:
+    """Checkpoint-looking files under ``folder`` (sub-folders too), sorted.
+
+    Anything under a dot-name is skipped (fetch's ``.NAME.part`` temp files, ``.git``): the
+    app's list and ``simam-viz list`` both come from this one walk, so they cannot disagree.
+    """
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES):
+            found.append(path)
+    return found
 
 
 def _demo_items(folder: Path) -> list[CatalogItem]:
@@ -157,8 +168,8 @@ def available(folder: str | Path | None = None) -> list[CatalogItem]:
             items.append(CatalogItem(f"official/{entry.name}", path, entry.arch, UNVERIFIED,
                                      None, entry.preprocessing, entry, note=problem))
         seen.add(path.resolve())
-    for path in sorted(folder.rglob("*")):
-        if not _is_checkpoint(path) or path.resolve() in seen or path.name == "registry.json":
+    for path in checkpoint_files(folder):
+        if path.resolve() in seen:
             continue
         if path.parent.name == "demo" and path.suffix == ".safetensors":
             continue
@@ -235,12 +246,3 @@ def load(item: CatalogItem, device: str = "cpu"):
             if isinstance(module, SimAM):
                 module.e_lambda = float(lam)
     return model
-
-
-def safe_user_path(name: str, folder: str | Path | None = None) -> Path:
-    """Resolve a user-supplied file name inside the checkpoints folder (no escapes)."""
-    folder = (Path(folder) if folder is not None else checkpoints_dir()).resolve()
-    path = (folder / name).resolve()
-    if folder not in path.parents or not path.name.endswith(CHECKPOINT_SUFFIXES):
-        raise CheckpointError(f"{name!r} is not a checkpoint file inside {folder}")
-    return path

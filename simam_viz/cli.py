@@ -81,21 +81,8 @@ def _official_status(entry: RegistryEntry, path: Path) -> str:
     return f"present, {status} ({path.name})"
 
 
-def _checkpoint_files(folder: Path) -> list[Path]:
-    """Checkpoint-looking files under ``folder`` (sub-folders too), hidden ones skipped."""
-    from simam_viz.catalog import CHECKPOINT_SUFFIXES
-
-    found = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):  # fetch's temp files, .git, ...
-            continue
-        if path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES):
-            found.append(path)
-    return found
-
-
 def _list(args: argparse.Namespace) -> int:
+    from simam_viz.catalog import checkpoint_files
     from simam_viz.registry import checkpoints_dir, find_present, load_registry
 
     folder = Path(args.dir) if args.dir else checkpoints_dir()
@@ -115,7 +102,7 @@ def _list(args: argparse.Namespace) -> int:
         rows.append((entry.name, entry.arch, top1, entry.licence,
                      "yes" if entry.redistributable else "no", status))
     _print_table(rows)
-    others = [p for p in _checkpoint_files(folder) if p.resolve() not in official] \
+    others = [p for p in checkpoint_files(folder) if p.resolve() not in official] \
         if folder.is_dir() else []
     print("\nOther checkpoint files in the folder:")
     if not others:

@@ -18,9 +18,8 @@ from torch import nn
 from simam_viz.attention import CBAM, ECA, SE, SimAM
 from simam_viz.models import attention_module
 
-__all__ = ["Recorder", "Tap", "channel_gate", "taps_for_block", "wheres_for_block"]
+__all__ = ["Recorder", "Tap", "channel_gate", "taps_for_block"]
 
-WHERES = ("output", "before", "after", "attention")
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def channel_gate(module: nn.Module | None) -> nn.Module | None:
 
 
 def taps_for_block(model: nn.Module, block: str) -> list[Tap]:
-    """Every map-producing tap of one bottleneck, in the order of :data:`WHERES`."""
+    """Every map-producing tap of one bottleneck: output, then before, after, attention."""
     bottleneck = model.get_submodule(block)
     taps = [Tap(block, "output", bottleneck)]
     module = attention_module(model, block)
@@ -55,11 +54,6 @@ def taps_for_block(model: nn.Module, block: str) -> list[Tap]:
     if isinstance(module, SimAM):
         taps.append(Tap(block, "attention", module.sigmoid))
     return taps
-
-
-def wheres_for_block(model: nn.Module, block: str) -> tuple[str, ...]:
-    """Which ``where`` values :meth:`Analysis.cam` accepts for this block."""
-    return tuple(t.where for t in taps_for_block(model, block))
 
 
 @dataclass

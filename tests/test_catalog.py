@@ -115,3 +115,16 @@ def test_unchanged_file_is_hashed_once(folder: Path, monkeypatch: pytest.MonkeyP
         assert _by_key(folder)["official/net"].source == "official"
     assert calls == [target.resolve()] * 2
     assert len(catalog._DIGESTS) == 1  # one entry per path, old versions dropped
+
+
+def test_app_and_cli_list_the_same_files_and_skip_dot_folders(tmp_path: Path) -> None:
+    """One walk for both: a checkpoint under a dot-folder (.git, a fetch's temp) is not offered."""
+    from simam_viz.catalog import checkpoint_files
+
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "hidden.pth").write_bytes(b"x")
+    (tmp_path / ".x.pth.part").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.pth").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("no")
+    assert checkpoint_files(tmp_path) == [tmp_path / "sub" / "mine.pth"]
