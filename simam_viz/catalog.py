@@ -233,16 +233,7 @@ def load(item: CatalogItem, device: str = "cpu"):
     """Load a catalog item with the preprocessing its registry entry records."""
     from simam_viz.checkpoints import load_model
 
-    model = load_model(
-        item.path, device=device, preprocessing=item.preprocessing, name=item.short_name
+    return load_model(
+        item.path, device=device, preprocessing=item.preprocessing, name=item.short_name,
+        simam_lambda=item.entry.simam_lambda if item.entry is not None else None,
     )
-    lam = item.entry.simam_lambda if item.entry is not None else None
-    if lam is not None and model.simam_viz.attention == "simam":
-        # official files carry no sidecar: the registry knows the lambda they were trained with
-        from simam_viz.attention import SimAM
-
-        model.simam_viz.simam_lambda = float(lam)
-        for module in model.modules():
-            if isinstance(module, SimAM):
-                module.e_lambda = float(lam)
-    return model

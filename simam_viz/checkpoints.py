@@ -309,6 +309,7 @@ def load_model(
     num_classes: int | None = None,
     preprocessing: Preprocessing | None = None,
     name: str | None = None,
+    simam_lambda: float | None = None,
     max_bytes: int = MAX_CHECKPOINT_BYTES,
 ) -> nn.Module:
     """Load any supported checkpoint into the matching architecture, in eval mode.
@@ -316,6 +317,8 @@ def load_model(
     The returned model maps ImageNet-normalised NCHW input to logits and carries a
     :class:`~simam_viz.models.ModelInfo` as ``model.simam_viz`` (class names, preprocessing,
     layout, sha256). ``num_classes``, when given, is the class count the caller expects.
+    ``simam_lambda``, when given, is the lambda the weights were trained with (an official
+    file has no sidecar to say so; the registry does); else the sidecar's, else 0.1.
     Raises :class:`~simam_viz.errors.CheckpointError` with one line for anything unloadable.
     """
     path = Path(path)
@@ -339,6 +342,8 @@ def load_model(
         raise _fail(
             f"wrong class count: {label} has {identity.num_classes}, expected {num_classes}"
         )
+    if simam_lambda is not None:
+        lam = float(simam_lambda)
     kwargs = _build_kwargs(canonical, identity.arch)
     model = build_model(
         identity.arch,

@@ -8,7 +8,7 @@ from PIL import Image
 
 import simam_viz
 from simam_viz import Analysis, AnalysisError, analyze, build_model
-from simam_viz.preprocess import imagenet_classes
+from simam_viz.preprocess import Preprocessing, imagenet_classes
 
 IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
 
@@ -47,3 +47,17 @@ def test_analyze_restores_every_submodules_mode() -> None:
     assert not all(before.values()) and any(before.values())  # really mixed
     analyze(model, IMAGE, blocks="all")
     assert {name: m.training for name, m in model.named_modules()} == before
+
+
+def test_load_model_takes_the_lambda_the_weights_were_trained_with(tmp_path) -> None:
+    """An official SimAM file has no sidecar; the registry's lambda is passed in instead."""
+    from simam_viz import SimAM, load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("simam_resnet50", num_classes=3, width=0.125, simam_lambda=0.1)
+    save_checkpoint(model, tmp_path / "m", class_names=["a", "b", "c"],
+                    preprocessing=Preprocessing(resize=64, crop=64))
+    loaded = load_model(tmp_path / "m.safetensors", simam_lambda=0.5)
+    assert loaded.simam_viz.simam_lambda == 0.5
+    assert {m.e_lambda for m in loaded.modules() if isinstance(m, SimAM)} == {0.5}
+    assert load_model(tmp_path / "m.safetensors").simam_viz.simam_lambda == 0.1  # sidecar's
