@@ -243,21 +243,23 @@ def analysis_settings(models: Sequence[torch.nn.Module],
     return {"method": method, "lambda": lam, "target": None if target == TOP1 else target}
 
 
-def run(items, models, data: bytes, device: str, opts: dict) -> list[tuple[Analysis, bool]]:
-    """One analysis per model: recalled from the shared cache or run once (all 16 blocks)."""
+def run(items, models, data: bytes, sha: str, device: str,
+        opts: dict) -> tuple[list[tuple[Analysis, bool]], list[str]]:
+    """One analysis per model, recalled from the shared cache or run once (all 16 blocks),
+    and each one's cache key as text (the on-screen pictures are cached under it)."""
     service = shared_service()
-    sha = image_sha256(data)
-    results = []
+    results, keys = [], []
     for item, model in zip(items, models, strict=True):
         key = analysis_key(sha, item.key, model, device, opts["target"], opts["method"],
                            opts["lambda"])
-        cached = service.cache.get(key)
+        keys.append(repr(key))
+        cached = service.cache.get(key)  # checked here too so a hit never decodes the image
         if cached is not None:
             results.append((cached, True))
             continue
         with st.spinner(f"Analysing with {model.simam_viz.name}…"):
             results.append(service.analysis(key, model, decoded(sha, data)))
-    return results
+    return results, keys
 
 
 def show_timings(results, device: str) -> None:
@@ -292,22 +294,18 @@ class Pictures:
         self.results, self.keys, self.style = list(results), list(keys), style
         self._tag = f"{style['colormap']}|{style['alpha']}"
 
-    def cam(self, i: int, block: str, where: str = "output", *, across: bool = True) -> bytes:
-        """Model ``i``'s CAM overlay; one colour scale across models when ``shared`` is on
-        and ``across`` (Figure 1's maps; Figure 6's are one model's own)."""
-        r = self.results[i]
-        if self.style["shared"] and across:
-            key = f"shared|{'|'.join(self.keys)}|{i}|{block}|{where}|{self._tag}"
-            return screen_jpeg(key, lambda: figures.overlay(
-                r.image, shared_maps(self.results, block, where, True)[i], **self._blend))
-        key = f"{self.keys[i]}|{block}|{where}|{self._tag}"
-        return screen_jpeg(key, lambda: figures.overlay(r.image, r.cam(block, where),
-                                                        **self._blend))
+    def figure1(self, i: int) -> bytes:
+        """Model ``i``'s Figure 1 overlay; with ``shared`` it depends on every model's map."""
+        shared = self.style["shared"]
+        scope = "|".join(self.keys) if shared else self.keys[i]
+        return screen_jpeg(f"fig1|{scope}|{i}|{shared}|{self._tag}",
+                           lambda: figure1_panel(self.results, i, self._blend, shared))
 
-    def attention(self, i: int, block: str) -> bytes:
-        r = self.results[i]
-        return screen_jpeg(f"{self.keys[i]}|{block}|attention-mean", lambda: figures.overlay(
-            r.image, _unit(r.attention(block)[1]), colormap="viridis", alpha=1.0))
+    def figure6(self, i: int, block: str, panel: int) -> bytes:
+        """Panel ``panel`` (in ``figures.FIGURE6_TITLES`` order) of model ``i``'s Figure 6."""
+        tag = self._tag if FIGURE6_WHERES[panel] is not None else "viridis"
+        return screen_jpeg(f"{self.keys[i]}|{block}|fig6-{panel}|{tag}",
+                           lambda: figure6_panel(self.results[i], block, panel, self._blend))
 
     def depth(self, i: int) -> bytes:
         r = self.results[i]
@@ -320,16 +318,24 @@ class Pictures:
         return {"colormap": self.style["colormap"], "alpha": self.style["alpha"]}
 
 
-def figure6_panels(r: Analysis, block: str, style: dict) -> list[tuple[str, np.ndarray]]:
-    """The four maps of the paper's Figure 6 at native resolution, for export."""
-    blend = {"colormap": style["colormap"], "alpha": style["alpha"]}
-    return [
-        ("Grad-CAM before SimAM", figures.overlay(r.image, r.cam(block, "before"), **blend)),
-        ("Grad-CAM after SimAM", figures.overlay(r.image, r.cam(block, "after"), **blend)),
-        ("Attention (channel mean)", figures.overlay(r.image, _unit(r.attention(block)[1]),
-                                                     colormap="viridis", alpha=1.0)),
-        ("Grad-CAM on attention", figures.overlay(r.image, r.cam(block, "attention"), **blend)),
-    ]
+def figure1_panel(results: Sequence[Analysis], i: int, blend: dict, shared: bool) -> np.ndarray:
+    """Model ``i``'s Grad-CAM of the paper's Figure 1 at native resolution (screen and export)."""
+    cam = shared_maps(results, LAST_BLOCK, "output", shared)[i]
+    return figures.overlay(results[i].image, cam, **blend)
+
+
+# the CAM tap behind each of figures.FIGURE6_TITLES; None: the attention weights themselves
+FIGURE6_WHERES = ("before", "after", None, "attention")
+
+
+def figure6_panel(r: Analysis, block: str, panel: int, blend: dict) -> np.ndarray:
+    """One of the paper's Figure 6 panels at native resolution (the screen and export both
+    draw it here); the attention panel is the channel mean on its own scale, in viridis."""
+    where = FIGURE6_WHERES[panel]
+    if where is None:
+        return figures.overlay(r.image, _unit(r.attention(block)[1]), colormap="viridis",
+                               alpha=1.0)
+    return figures.overlay(r.image, r.cam(block, where), **blend)
 
 
 # --- views (each gets everything it shows as arguments) ----------------------------------
@@ -343,7 +349,7 @@ def view_compare(results: Sequence[Analysis], pics: Pictures) -> None:
                   caption="Input (as the models see it)", width="stretch",
                   output_format="PNG")  # lossless: "auto" would re-encode it as JPEG
     for i, (col, r) in enumerate(zip(cols[1:], results, strict=True)):
-        col.image(pics.cam(i, LAST_BLOCK), caption=f"{r.model_name} → {r.target_name}",
+        col.image(pics.figure1(i), caption=f"{r.model_name} → {r.target_name}",
                   width="stretch", output_format="JPEG")
         col.markdown("\n".join(f"{k + 1}. {p.name} — {p.probability:.1%}"
                                for k, p in enumerate(r.predictions)))
@@ -365,16 +371,24 @@ def _kept(key: str, default):
         st.session_state[key] = st.session_state.get(f"_keep_{key}", default)
 
 
+DEFAULT_STAGE = 4
+
+
+def _default_index(stage: int) -> int:
+    """A stage's last block: where the paper's Figure 6 looks (layer4.2 for stage 4)."""
+    return STAGE_BLOCKS[stage - 1] - 1
+
+
 def choose_block() -> str:
     """Stage and block pickers, shared by the SimAM and Channels views (state survives)."""
     c1, c2 = st.columns(2)
-    _kept("stage", 4)
+    _kept("stage", DEFAULT_STAGE)
     # radio, not a select box: one click is the change (a drop-down costs a second step and
     # ~100 ms of its own before the rerun is even sent)
     stage = c1.radio("Stage", [1, 2, 3, 4], key="stage", horizontal=True, on_change=_remember,
                      args=("stage",))
     key = f"block{stage}"
-    _kept(key, STAGE_BLOCKS[stage - 1] - 1)
+    _kept(key, _default_index(stage))
     index = c2.select_slider("Block", list(range(STAGE_BLOCKS[stage - 1])), key=key,
                              on_change=_remember, args=(key,))
     return f"layer{stage}.{index}"
@@ -388,15 +402,11 @@ def view_simam(results: Sequence[Analysis], pics: Pictures, simam: int | None,
         return
     r = results[simam]
     weights, mean_map = r.attention(block)
-    panels = [
-        (pics.cam(simam, block, "before", across=False), "Grad-CAM before SimAM"),
-        (pics.cam(simam, block, "after", across=False), "Grad-CAM after SimAM"),
-        (pics.attention(simam, block),
-         f"Attention, channel mean ({mean_map.min():.3f}–{mean_map.max():.3f})"),
-        (pics.cam(simam, block, "attention", across=False), "Grad-CAM on attention"),
-    ]
-    for col, (jpeg, cap) in zip(st.columns(4), panels, strict=True):
-        col.image(jpeg, caption=f"{cap} · {block}", width="stretch", output_format="JPEG")
+    captions = list(figures.FIGURE6_TITLES)
+    captions[2] = f"Attention, channel mean ({mean_map.min():.3f}–{mean_map.max():.3f})"
+    for j, (col, cap) in enumerate(zip(st.columns(4), captions, strict=True)):
+        col.image(pics.figure6(simam, block, j), caption=f"{cap} · {block}", width="stretch",
+                  output_format="JPEG")
     st.caption(f"{r.model_name} · {block} · λ = {r.simam_lambda} · explaining "
                f"'{r.target_name}' · weights {weights.shape}")
     st.markdown("**Depth strip** — Grad-CAM after SimAM, block by block")
@@ -443,19 +453,15 @@ def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, bl
     st.markdown("**Panels (PNG, native resolution)**")
     cols = st.columns(max(2, len(results)))
     blend = {"colormap": style["colormap"], "alpha": style["alpha"]}
-
-    def cam_png(i: int) -> bytes:
-        cam = shared_maps(results, LAST_BLOCK, "output", style["shared"])[i]
-        return figures.panel_png(figures.overlay(results[i].image, cam, **blend))
-
     for i, (col, r) in enumerate(zip(cols, results, strict=False)):
-        col.download_button(f"{r.model_name} Grad-CAM", lambda i=i: cam_png(i),
+        col.download_button(f"{r.model_name} Grad-CAM", lambda i=i: figures.panel_png(
+                                figure1_panel(results, i, blend, style["shared"])),
                             f"{stem}_cam_{i}.png", "image/png", key=f"dl_panel_{i}")
     if simam is not None:
         for j, title in enumerate(figures.FIGURE6_TITLES):
             st.download_button(
                 f"{title} · {block}",
-                lambda j=j: figures.panel_png(figure6_panels(results[simam], block, style)[j][1]),
+                lambda j=j: figures.panel_png(figure6_panel(results[simam], block, j, blend)),
                 f"{stem}_fig6_{block}_panel{j}.png", "image/png", key=f"dl_fig6_{j}")
     request = ExportRequest(block=block, method=opts["method"], simam_lambda=opts["lambda"],
                             colormap=style["colormap"], alpha=style["alpha"],
@@ -539,8 +545,8 @@ def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_
 
 def _export_block(simam: int | None) -> str:
     """The block the SimAM/Channels views last showed (their stage and block pickers)."""
-    stage = st.session_state.get("_keep_stage", 4)
-    index = st.session_state.get(f"_keep_block{stage}", STAGE_BLOCKS[stage - 1] - 1)
+    stage = st.session_state.get("_keep_stage", DEFAULT_STAGE)
+    index = st.session_state.get(f"_keep_block{stage}", _default_index(stage))
     return f"layer{stage}.{index}" if simam is not None else LAST_BLOCK
 
 
@@ -560,7 +566,8 @@ def main() -> None:
     if not models:
         return
     opts = analysis_settings(models, items)
-    results = run(items, models, data, device, opts)
+    sha = image_sha256(data)
+    results, keys = run(items, models, data, sha, device, opts)
     if fresh_upload:
         st.session_state["_last_upload"] = (data, name)  # analysed fine: worth keeping
     res = [r for r, _ in results]
@@ -571,9 +578,6 @@ def main() -> None:
     shown_name = name.replace("`", "'")
     st.caption(f"Image: `{shown_name}`")
     show_timings(results, device)
-    sha = image_sha256(data)
-    keys = [repr(analysis_key(sha, i.key, m, device, opts["target"], opts["method"],
-                              opts["lambda"])) for i, m in zip(items, models, strict=True)]
     explore(res, keys, models, opts, sha, name)
 
 
