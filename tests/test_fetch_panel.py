@@ -148,20 +148,28 @@ def test_all_present_is_one_line(server: str, tmp_path: Path, use_registry) -> N
         "All 1 registered checkpoints are already in the folder."]
 
 
-def test_hash_mismatch_is_one_error_and_writes_nothing(
-    server: str, tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture
-) -> None:
-    use_registry(_entry("tiny", f"{server}/wrong.pth"))
-    folder = tmp_path / "ckpts"
+def _failed_fetch(folder: Path, caplog: pytest.LogCaptureFixture):
+    """Click Fetch on the one entry; the page must show exactly one one-line error and the
+    server log its traceback. Returns the app and that line."""
     at = _app(folder)
     with caplog.at_level(logging.ERROR, logger="simam_viz.app"):
         at.button(key="fetch_tiny").click().run()
     assert not at.exception
     errors = [e.value for e in at.error]
-    assert len(errors) == 1 and "sha256 mismatch" in errors[0] and "\n" not in errors[0]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert any(r.name == "simam_viz.app" and r.exc_info for r in caplog.records)
+    return at, errors[0]
+
+
+def test_hash_mismatch_is_one_error_and_writes_nothing(
+    server: str, tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    use_registry(_entry("tiny", f"{server}/wrong.pth"))
+    folder = tmp_path / "ckpts"
+    at, error = _failed_fetch(folder, caplog)
+    assert "sha256 mismatch" in error
     assert _files(folder) == []
     assert at.session_state["fetched"] == 0 and _buttons(at) == ["fetch_tiny"]
-    assert any(r.name == "simam_viz.app" and r.exc_info for r in caplog.records)
 
 
 def test_offline_names_the_url_and_the_folder(
@@ -170,16 +178,10 @@ def test_offline_names_the_url_and_the_folder(
     url = f"http://127.0.0.1:{closed_port()}/tiny.pth"
     use_registry(_entry("tiny", url))
     folder = tmp_path / "ckpts"
-    at = _app(folder)
-    with caplog.at_level(logging.ERROR, logger="simam_viz.app"):
-        at.button(key="fetch_tiny").click().run()
-    assert not at.exception
-    errors = [e.value for e in at.error]
-    assert len(errors) == 1 and "\n" not in errors[0]
-    assert "cannot reach the server" in errors[0]
-    assert f"download {url} by hand and save it as {folder / 'tiny.pth'}" in errors[0]
+    _, error = _failed_fetch(folder, caplog)
+    assert "cannot reach the server" in error
+    assert f"download {url} by hand and save it as {folder / 'tiny.pth'}" in error
     assert _files(folder) == []
-    assert any(r.name == "simam_viz.app" and r.exc_info for r in caplog.records)
 
 
 def test_redistributable_only_gives_the_reason_instead_of_a_button(
