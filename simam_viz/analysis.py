@@ -10,6 +10,7 @@ what they would give alone.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -24,15 +25,13 @@ from torch import nn
 
 from simam_viz.attention import SimAM
 from simam_viz.cam_methods import METHODS, compute_cam
-from simam_viz.errors import SimamVizError
-from simam_viz.models import BLOCKS, ModelInfo, model_info
+from simam_viz.errors import AnalysisError
+from simam_viz.models import BLOCKS, DEFAULT_BLOCK, ModelInfo, model_info, validate_block
 from simam_viz.taps import Recorder, taps_for_block
 
 __all__ = ["Analysis", "AnalysisError", "Prediction", "analyze", "model_lock", "resolve_target"]
 
-
-class AnalysisError(SimamVizError):
-    """A request the engine cannot serve (bad target, block, method or input)."""
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,11 +152,9 @@ def resolve_target(target: int | str | None, class_names: Sequence[str]) -> int 
 def _resolve_blocks(blocks: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(blocks, str):
         blocks = BLOCKS if blocks == "all" else (blocks,)
-    out = tuple(dict.fromkeys(blocks))
-    bad = [b for b in out if b not in BLOCKS]
-    if bad or not out:
-        name = bad[0] if bad else ""
-        raise AnalysisError(f"unknown block {name!r}; expected layer1.0 ... layer4.2 or 'all'")
+    out = tuple(validate_block(b) for b in dict.fromkeys(blocks))
+    if not out:
+        raise AnalysisError(f"no block given; expected {BLOCKS[0]} ... {BLOCKS[-1]} or 'all'")
     return out
 
 
@@ -214,7 +211,7 @@ def analyze(
     image: Image.Image | torch.Tensor,
     *,
     target: int | str | None = None,
-    blocks: Sequence[str] | str = ("layer4.2",),
+    blocks: Sequence[str] | str = (DEFAULT_BLOCK,),
     method: str = "gradcam",
     simam_lambda: float | None = None,
 ) -> Analysis:
@@ -264,6 +261,9 @@ def analyze(
                     )
             _record_weights(result, rec, block)
         timings["cams"] = time.perf_counter() - start
+    LOG.debug("analysed %s: %s, target %d, blocks %s, pass %.0f ms, cams %.0f ms",
+              result.model_name, cam_method.name, chosen, ",".join(block_names),
+              timings["pass"] * 1e3, timings["cams"] * 1e3)
     return result
 
 

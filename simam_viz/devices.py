@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
-from simam_viz.errors import SimamVizError
+from simam_viz.errors import DeviceError
 
 __all__ = ["DeviceError", "prepare_model", "resolve_device"]
 
-
-class DeviceError(SimamVizError):
-    """A device was asked for that this machine does not have."""
+LOG = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda``/``cuda:N`` must exist."""
     text = (name or "auto").strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        LOG.debug("device auto -> %s", device)
+        return device
     if text == "cpu":
         return torch.device("cpu")
     if text.startswith("cuda"):

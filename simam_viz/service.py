@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from simam_viz.analysis import Analysis, analyze
-from simam_viz.errors import SimamVizError
+from simam_viz.errors import BusyError, ServiceError, SimamVizError
 
 __all__ = [
     "AnalysisKey",
@@ -44,14 +44,6 @@ __all__ = [
 ]
 
 LOG = logging.getLogger(__name__)
-
-
-class ServiceError(SimamVizError):
-    """A request the server could not serve (out of memory, failed analysis)."""
-
-
-class BusyError(ServiceError):
-    """Too many analyses are running; the user should retry in a moment."""
 
 
 @dataclass(frozen=True)
