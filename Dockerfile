@@ -41,7 +41,7 @@ RUN pip install ${TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL} \
 
 RUN useradd --create-home --uid 10001 app
 WORKDIR /app
-COPY --chown=root:root pyproject.toml README.md ./
+COPY --chown=root:root pyproject.toml setup.py README.md ./
 COPY --chown=root:root simam_viz ./simam_viz
 COPY --chown=root:root app ./app
 COPY --chown=root:root .streamlit ./.streamlit

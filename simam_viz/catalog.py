@@ -11,6 +11,9 @@ has no claim to (the same verdict ``simam-viz list`` prints as "hash mismatch").
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +23,28 @@ from simam_viz.errors import CheckpointError
 from simam_viz.models import ARCHS
 from simam_viz.preprocess import Preprocessing
 from simam_viz.registry import (
+    CHECKPOINT_SUFFIXES,
     RegistryEntry,
     checkpoints_dir,
     find_present,
     hash_matches,
     load_registry,
 )
+from simam_viz.resources import bundled_checkpoints
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "UNVERIFIED",
     "CatalogItem",
     "available",
+    "available_demo",
     "checkpoint_files",
     "file_version",
     "resolve",
 ]
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".safetensors")
+LOG = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,11 @@ def _official_verdict(entry: RegistryEntry, path: Path) -> str | None:
         digest = _cached_sha256(path)
     except OSError:
         return "unreadable"
-    return "hash mismatch" if hash_matches(entry, digest) is False else None
+    if hash_matches(entry, digest) is False:
+        LOG.warning("%s is named like %s but its sha256 differs: listed as unverified",
+                    path, entry.name)
+        return "hash mismatch"
+    return None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -130,9 +141,31 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return found
 
 
-def _demo_items(folder: Path) -> list[CatalogItem]:
-    import json
+def available_demo(folder: str | Path | None = None) -> list[CatalogItem]:
+    """The demo models on offer: the folder's own, then the bundled ones (see below)."""
+    return _demo_items(Path(folder) if folder is not None else checkpoints_dir())
 
+
+def _demo_items(folder: Path) -> list[CatalogItem]:
+    """The demo models of ``folder/demo``, then the bundled ones it does not shadow.
+
+    The package ships its demo models (``resources.bundled_checkpoints()``), so an installed
+    ``simam-viz`` works offline whatever the checkpoints folder is; a folder's own
+    ``demo/<name>`` replaces the bundled model of that name. ``$SIMAM_VIZ_DEMO_MODELS=0``
+    leaves the bundled ones out (a deployment that offers only its own weights).
+    """
+    items = _demo_folder_items(folder)
+    if os.environ.get("SIMAM_VIZ_DEMO_MODELS", "1") == "0":
+        return items
+    keys = {item.key for item in items}
+    paths = {item.path.resolve() for item in items}
+    for item in _demo_folder_items(bundled_checkpoints()):
+        if item.key not in keys and item.path.resolve() not in paths:
+            items.append(item)
+    return items
+
+
+def _demo_folder_items(folder: Path) -> list[CatalogItem]:
     items = []
     for path in sorted((folder / "demo").glob("*.safetensors")):
         sidecar = path.with_suffix(".json")

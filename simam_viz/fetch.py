@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import logging
 import os
 import re
 import tempfile
@@ -24,9 +25,17 @@ from tqdm import tqdm
 
 from simam_viz.checkpoints import readable_by_all
 from simam_viz.errors import FetchError
-from simam_viz.registry import RegistryEntry, find_present, hash_matches, verify_file
+from simam_viz.registry import (
+    CHECKPOINT_SUFFIXES,
+    RegistryEntry,
+    find_present,
+    hash_matches,
+    verify_file,
+)
 
 __all__ = ["fetch", "manual_instructions"]
+
+LOG = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 Opener = Callable[..., Any]
@@ -149,7 +158,6 @@ def _gdrive(entry: RegistryEntry, tmp: Path, progress: bool, gdown: Any) -> str:
     return digest.hexdigest()
 
 
-_CHECKPOINT_SUFFIXES = (".pth", ".tar", ".pt", ".pkl", ".bin", ".safetensors")
 _DEPTH = re.compile(r"(?:resnet|res|r)(\d+)(?!\d)")
 _DEPTHS = {"18", "34", "50", "101", "152", "200"}
 
@@ -166,7 +174,7 @@ def _pick_resnet50(listing: list[Any], entry: RegistryEntry) -> Any | None:
     for item in listing:
         path = str(item.path).replace("\\", "/").lower()
         base = path.rsplit("/", 1)[-1]
-        if not base.endswith(_CHECKPOINT_SUFFIXES):
+        if not base.endswith(CHECKPOINT_SUFFIXES):
             continue
         flat = re.sub(r"[\s_\-]", "", path)
         depths = set(_DEPTH.findall(flat)) & _DEPTHS
@@ -185,7 +193,7 @@ def fetch(
     entry: RegistryEntry,
     folder: str | Path,
     *,
-    progress: bool = True,
+    progress: bool = False,
     opener: Opener | None = None,
     gdown: Any | None = None,
     on_progress: Progress | None = None,
@@ -201,7 +209,11 @@ def fetch(
     folder = Path(folder)
     present = find_present(entry, folder)
     if present is not None and verify_file(entry, present) != "hash mismatch":
+        LOG.info("%s: already present at %s", entry.name, present)
         return present
+    if present is not None:
+        LOG.warning("%s: %s does not match the published hash; downloading again",
+                    entry.name, present)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = _temp_path(folder, entry)
@@ -236,6 +248,7 @@ def fetch(
         final = folder / entry.filename
         readable_by_all(tmp)
         os.replace(tmp, final)
+        LOG.info("%s: downloaded to %s (sha256 %s)", entry.name, final, digest)
         return final
     finally:
         with contextlib.suppress(FileNotFoundError):

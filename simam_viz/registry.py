@@ -2,14 +2,15 @@
 
 The registry is data, not code: name, architecture, URLs, published hash, preprocessing,
 lambda, top-1, licence and whether the weights may be redistributed. Files live in the
-checkpoints folder (``SIMAM_VIZ_CHECKPOINTS`` overrides it); a file a user drops in by hand is
-found under its registered name or any of its candidate names. ``SIMAM_VIZ_REGISTRY`` points at
-another registry file.
+checkpoints folder (see :func:`checkpoints_dir`); a file a user drops in by hand is found under
+its registered name or any of its candidate names. The registry ships with the package
+(:mod:`simam_viz.resources`); ``SIMAM_VIZ_REGISTRY`` points at another registry file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from simam_viz.checkpoints import file_sha256
 from simam_viz.errors import SimamVizError
 from simam_viz.models import ARCHS
 from simam_viz.preprocess import Preprocessing
+from simam_viz.resources import bundled_checkpoints, is_source_checkout, user_checkpoints_dir
 
 __all__ = [
+    "CHECKPOINT_SUFFIXES",
     "RegistryEntry",
     "checkpoints_dir",
     "find_present",
@@ -31,8 +34,11 @@ __all__ = [
     "verify_file",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REGISTRY_PATH = REPO_ROOT / "checkpoints" / "registry.json"
+LOG = logging.getLogger(__name__)
+
+REGISTRY_PATH = bundled_checkpoints() / "registry.json"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".safetensors")
+"""File endings a checkpoint may have: what the folder walk lists and what a download keeps."""
 SOURCES = ("http", "gdrive_file", "gdrive_folder")
 VARIANTS = ("v1.5", "v1")
 REGISTRY_FORMAT = "simam-viz-registry"
@@ -132,8 +138,17 @@ def redistribution_refusal(entry: RegistryEntry) -> str | None:
 
 
 def checkpoints_dir() -> Path:
-    """Where checkpoint files live: ``$SIMAM_VIZ_CHECKPOINTS`` or the repository's folder."""
-    return Path(os.environ.get("SIMAM_VIZ_CHECKPOINTS") or REPO_ROOT / "checkpoints")
+    """Where checkpoint files live and fetched weights go.
+
+    ``$SIMAM_VIZ_CHECKPOINTS`` when set; in a source checkout the repository's
+    ``checkpoints/``; in an installed package a per-user data folder (the package's own
+    folder is replaced on upgrade and may not be writable). The bundled demo models are
+    offered in addition wherever this points (``catalog.available``).
+    """
+    env = os.environ.get("SIMAM_VIZ_CHECKPOINTS")
+    if env:
+        return Path(env)
+    return bundled_checkpoints() if is_source_checkout() else user_checkpoints_dir()
 
 
 def registry_path() -> Path:
@@ -163,6 +178,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
     by_name = {e.name: e for e in entries}
     if len(by_name) != len(entries):
         raise SimamVizError(f"checkpoint registry {path} has duplicate names")
+    LOG.debug("registry %s: %d entries", path, len(by_name))
     return by_name
 
 
