@@ -3,35 +3,78 @@
 The package holds everything but the user interfaces: attention modules, model builders,
 checkpoint loading, image loading, the analysis engine and figures. ``app/`` (Streamlit) and
 ``simam_viz.cli`` are thin shells over it.
+
+The public API is importable from here::
+
+    from simam_viz import analyze, build_model, load_model
+
+Every name is imported on first use (PEP 562): torch takes seconds to import and the analysis
+engine pulls in pytorch-grad-cam, so ``import simam_viz``, ``simam-viz --version`` and the
+app server's health endpoint stay instant. Submodule paths (``simam_viz.analysis.analyze``)
+keep working.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from simam_viz.attention import CBAM, ECA, SE, SimAM
-from simam_viz.checkpoints import identify_checkpoint, load_model, save_checkpoint
-from simam_viz.errors import CheckpointError, FetchError, ImageError, SimamVizError
-from simam_viz.models import ARCHS, BLOCKS, ModelInfo, build_model, model_info
-from simam_viz.preprocess import Preprocessing, imagenet_classes
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from simam_viz.analysis import Analysis, AnalysisError, analyze
+    from simam_viz.analysis import Analysis, analyze
+    from simam_viz.attention import CBAM, ECA, SE, SimAM
+    from simam_viz.checkpoints import identify_checkpoint, load_model, save_checkpoint
+    from simam_viz.errors import (
+        AnalysisError,
+        CheckpointError,
+        FetchError,
+        ImageError,
+        SimamVizError,
+    )
+    from simam_viz.models import ARCHS, BLOCKS, ModelInfo, build_model, model_info
+    from simam_viz.preprocess import Preprocessing, imagenet_classes
 
-# The analysis engine pulls in pytorch-grad-cam (and through it scikit-learn, ~1.3 s): it is
-# imported on first use of these names, so `import simam_viz` and the CLI stay quick.
-_LAZY = {"analyze": "simam_viz.analysis", "Analysis": "simam_viz.analysis",
-         "AnalysisError": "simam_viz.analysis"}
+_LAZY: dict[str, str] = {
+    "analyze": "simam_viz.analysis",
+    "Analysis": "simam_viz.analysis",
+    "AnalysisError": "simam_viz.errors",
+    "CheckpointError": "simam_viz.errors",
+    "FetchError": "simam_viz.errors",
+    "ImageError": "simam_viz.errors",
+    "SimamVizError": "simam_viz.errors",
+    "SimAM": "simam_viz.attention",
+    "SE": "simam_viz.attention",
+    "ECA": "simam_viz.attention",
+    "CBAM": "simam_viz.attention",
+    "identify_checkpoint": "simam_viz.checkpoints",
+    "load_model": "simam_viz.checkpoints",
+    "save_checkpoint": "simam_viz.checkpoints",
+    "ARCHS": "simam_viz.models",
+    "BLOCKS": "simam_viz.models",
+    "ModelInfo": "simam_viz.models",
+    "build_model": "simam_viz.models",
+    "model_info": "simam_viz.models",
+    "Preprocessing": "simam_viz.preprocess",
+    "imagenet_classes": "simam_viz.preprocess",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    try:  # `import simam_viz; simam_viz.figures` worked when __init__ imported eagerly
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'simam_viz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

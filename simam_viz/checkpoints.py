@@ -11,6 +11,7 @@ The project's own format is safetensors plus a JSON sidecar carrying what the te
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -35,6 +36,8 @@ __all__ = [
     "load_state_dict_file",
     "save_checkpoint",
 ]
+
+LOG = logging.getLogger(__name__)
 
 OWN_FORMAT = "simam-viz-checkpoint"
 OWN_FORMAT_VERSION = 1
@@ -362,6 +365,8 @@ def load_model(
     info.sha256 = file_sha256(path)
     if sidecar is not None:
         info.extra["provenance"] = sidecar.get("provenance", {})
+    LOG.info("loaded %s: %s, layout %s, %d classes, ResNet %s, on %s", path, identity.arch,
+             identity.layout, identity.num_classes, identity.resnet_variant, device)
     return prepare_model(model, torch.device(device))
 
 

@@ -8,6 +8,7 @@ traceback; batch commands report and skip bad items and say so in their exit sta
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from simam_viz.registry import RegistryEntry
 
 __all__ = ["COMMANDS", "main"]
+
+LOG = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,8 +45,8 @@ class Command:
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir",
-                   help="checkpoints folder (default: $SIMAM_VIZ_CHECKPOINTS or checkpoints/)")
+    p.add_argument("--dir", help="checkpoints folder (default: $SIMAM_VIZ_CHECKPOINTS, else "
+                                 "checkpoints/ in a source checkout, else a per-user folder)")
 
 
 def _identify(path: Path) -> str:
@@ -82,7 +85,7 @@ def _official_status(entry: RegistryEntry, path: Path) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from simam_viz.catalog import checkpoint_files
+    from simam_viz.catalog import available_demo, checkpoint_files
     from simam_viz.registry import checkpoints_dir, find_present, load_registry
 
     folder = Path(args.dir) if args.dir else checkpoints_dir()
@@ -102,7 +105,16 @@ def _list(args: argparse.Namespace) -> int:
         rows.append((entry.name, entry.arch, top1, entry.licence,
                      "yes" if entry.redistributable else "no", status))
     _print_table(rows)
-    others = [p for p in checkpoint_files(folder) if p.resolve() not in official] \
+    demo = available_demo(folder)
+    print("\nDemo models (trained by this project, offline):")
+    if not demo:
+        print("  none")
+    key_width = max((len(item.key) for item in demo), default=0)
+    for item in demo:
+        top1 = f", test top-1 {item.top1:.1f}%" if item.top1 is not None else ""
+        print(f"  {item.key:{key_width}s}  {item.arch}{top1}  ({item.path})")
+    shown = official | {item.path.resolve() for item in demo}
+    others = [p for p in checkpoint_files(folder) if p.resolve() not in shown] \
         if folder.is_dir() else []
     print("\nOther checkpoint files in the folder:")
     if not others:
@@ -168,17 +180,24 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_models(args: argparse.Namespace) -> list:
-    from simam_viz.catalog import available, load, resolve
+    from simam_viz.catalog import available_demo, load, resolve
     from simam_viz.devices import resolve_device
 
     device = resolve_device(args.device)
     if args.checkpoints:
         items = [resolve(spec) for spec in args.checkpoints]
     else:
-        items = [i for i in available() if i.source == "demo"]
+        items = available_demo()
         if not items:
             raise SimamVizError("no demo checkpoints in checkpoints/demo; pass --checkpoints")
     return [load(item, str(device)) for item in items]
+
+
+def _block_arg(p: argparse.ArgumentParser) -> None:
+    from simam_viz.models import BLOCKS, DEFAULT_BLOCK
+
+    p.add_argument("--block", default=DEFAULT_BLOCK,
+                   help=f"bottleneck, {BLOCKS[0]} ... {BLOCKS[-1]} (default {DEFAULT_BLOCK})")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -237,7 +256,7 @@ def _figure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", nargs="+", default=["all"],
                    choices=["1", "6", "channels", "depth", "all"], help="which figures")
     _model_args(p)
-    p.add_argument("--block", default="layer4.2", help="bottleneck, e.g. layer4.2 (default)")
+    _block_arg(p)
     p.add_argument("--target", help="class index or name (default: each model's top-1)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS))
     p.add_argument("--lambda", dest="simam_lambda", type=float, help="SimAM lambda override")
@@ -268,10 +287,9 @@ def _figure(args: argparse.Namespace) -> int:
     from simam_viz.analysis import resolve_target
     from simam_viz.export import FIGURES, ExportRequest, analyze_all, slug, write_exports
     from simam_viz.images import image_sha256, load_image
-    from simam_viz.models import BLOCKS
+    from simam_viz.models import validate_block
 
-    if args.block not in BLOCKS:
-        raise SimamVizError(f"unknown block {args.block!r}; expected layer1.0 ... layer4.2")
+    validate_block(args.block)
     if not 30 <= args.dpi <= 1200:
         raise SimamVizError(f"--dpi must be between 30 and 1200, got {args.dpi}")
     if args.simam_lambda is not None and not args.simam_lambda > 0:
@@ -326,7 +344,7 @@ def _scenes(args: argparse.Namespace) -> int:
     if min(counts.values()) < 0 or args.size < 32:
         raise SimamVizError("counts must be >= 0 and --size >= 32")
     out = generate_dataset(args.out, seed=args.seed, counts=counts, size=args.size,
-                           workers=args.workers)
+                           workers=args.workers, progress=True)
     print(f"wrote {sum(counts.values())} scenes to {out}")
     if args.gallery:
         print(f"wrote {len(gallery_examples(args.gallery, seed=args.seed))} gallery images")
@@ -378,7 +396,7 @@ def _train(args: argparse.Namespace) -> int:
                       simam_lambda=args.simam_lambda, max_steps=args.max_steps,
                       device=str(device), resume=args.resume, init=args.init,
                       warmup_epochs=args.warmup_epochs,
-                      zero_init_residual=args.zero_init_residual)
+                      zero_init_residual=args.zero_init_residual, progress=True)
     for arch, path in train(cfg).items():
         print(f"{arch}: {path}")
     return 0
@@ -391,23 +409,74 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test")
     _model_args(p)
     p.add_argument("--methods", nargs="+", default=["gradcam"], choices=list(METHODS))
-    p.add_argument("--block", default="layer4.2")
+    _block_arg(p)
     p.add_argument("--limit", type=int, help="evaluate an even subset of this many images")
     p.add_argument("--csv", help="write the table as CSV here")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from simam_viz.evaluation import evaluate, format_table, write_csv
-    from simam_viz.models import BLOCKS
+    from simam_viz.models import validate_block
 
-    if args.block not in BLOCKS:
-        raise SimamVizError(f"unknown block {args.block!r}; expected layer1.0 ... layer4.2")
+    validate_block(args.block)
     rows = evaluate(_load_models(args), args.data, split=args.split, methods=args.methods,
-                    block=args.block, limit=args.limit)
+                    block=args.block, limit=args.limit, progress=True)
     print(format_table(rows))
     if args.csv:
         print(f"wrote {write_csv(rows, args.csv)}")
     return 0
+
+
+# ---- app ------------------------------------------------------------------------------------
+
+
+def _app_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--address", help="address to listen on (default: Streamlit's, all)")
+
+
+def _app(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from simam_viz.resources import bundled_app, streamlit_config
+
+    if not 1 <= args.port <= 65535:
+        raise SimamVizError(f"--port must be 1-65535, got {args.port}")
+    serve = bundled_app() / "serve.py"
+    if not serve.is_file():
+        raise SimamVizError(f"the app is missing from this installation ({serve})")
+    command = [sys.executable, "-m", "streamlit", "run", str(serve),
+               *_streamlit_flags(streamlit_config()), "--server.port", str(args.port)]
+    if args.address:
+        command += ["--server.address", args.address]
+    LOG.info("starting the app: %s", " ".join(command))
+    for handler in logging.getLogger("simam_viz").handlers:
+        handler.flush()
+    if os.name == "posix":  # become the server: signals (Ctrl-C, a supervisor's TERM) reach it
+        os.execv(sys.executable, command)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:  # Ctrl-C reaches Streamlit too, which shuts down cleanly
+        return 0
+
+
+def _streamlit_flags(config: Path) -> list[str]:
+    """``--section.key value`` for every setting of the app's ``.streamlit/config.toml``.
+
+    Streamlit reads that file only from the working directory; as flags, the same settings
+    (upload cap, XSRF, no post-run GC...) apply wherever ``simam-viz app`` is started.
+    """
+    import tomllib
+
+    if not config.is_file():
+        return []
+    flags: list[str] = []
+    for section, values in tomllib.loads(config.read_text(encoding="utf-8")).items():
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            flags += [f"--{section}.{key}", text]
+    return flags
 
 
 COMMANDS: list[Command] = [
@@ -421,11 +490,15 @@ COMMANDS: list[Command] = [
             _train_args, _train),
     Command("evaluate", "accuracy and Grad-CAM localization against masks or boxes",
             _evaluate_args, _evaluate),
+    Command("app", "start the web app (the same app as `make run`)", _app_args, _app),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from simam_viz import __version__
+
     parser = _Parser(prog="simam-viz", description="See what SimAM attention does in ResNet-50.")
+    parser.add_argument("--version", action="version", version=f"simam-viz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
@@ -438,8 +511,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``simam-viz`` console script; returns the exit status.
 
     Usage errors (and ``--help``) come back as a status too, not as ``SystemExit``, so callers
-    and tests see one contract: 0 ok, 1 some items skipped, 2 nothing done.
+    and tests see one contract: 0 ok, 1 some items skipped, 2 nothing done. A failure that is
+    not the user's (a bug, a full disk) is one ``error:`` line too; its traceback goes to the
+    log (shown with ``SIMAM_VIZ_LOG_LEVEL=DEBUG``).
     """
+    from simam_viz.logs import setup_logging
+
+    setup_logging(default_level="WARNING", fmt="simam-viz: %(levelname)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in (["--version"], ["-V"]):  # answered before the parser imports torch
+        from simam_viz import __version__
+
+        print(f"simam-viz {__version__}")
+        return 0
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
@@ -452,6 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line of defence: one line here, the traceback logged
+        LOG.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {args.command} failed: {type(exc).__name__}: {exc} "
+              "(SIMAM_VIZ_LOG_LEVEL=DEBUG shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +28,12 @@ from simam_viz.analysis import analyze
 from simam_viz.errors import SimamVizError
 from simam_viz.images import load_image
 from simam_viz.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
+from simam_viz.models import DEFAULT_BLOCK
 from simam_viz.preprocess import Preprocessing
 
 __all__ = ["Sample", "evaluate", "format_table", "load_samples", "write_csv"]
+
+LOG = logging.getLogger(__name__)
 
 FIELDS = ("model", "arch", "method", "block", "where", "images", "top1", "pointing",
           "energy", "iou")
@@ -89,9 +93,9 @@ def evaluate(
     *,
     split: str = "test",
     methods: Sequence[str] = ("gradcam",),
-    block: str = "layer4.2",
+    block: str = DEFAULT_BLOCK,
     limit: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> list[dict[str, object]]:
     """One row per (model, method, where) with accuracy and mean localization scores."""
     classes, samples = load_samples(data_dir, split, limit)
@@ -126,6 +130,8 @@ def evaluate(
             "pointing": 100.0 * arr[:, 0].mean(), "energy": 100.0 * arr[:, 1].mean(),
             "iou": 100.0 * arr[:, 2].mean(),
         })
+    LOG.info("evaluated %d models x %d methods on %d images of %s/%s", len(models),
+             len(methods), len(samples), data_dir, split)
     return rows
 
 

@@ -7,6 +7,7 @@ sha256, block, target, method, lambda, library versions), so a figure can be rep
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,9 +20,11 @@ from torch import nn
 
 from simam_viz import figures
 from simam_viz.analysis import Analysis, analyze
-from simam_viz.models import BLOCKS
+from simam_viz.models import BLOCKS, DEFAULT_BLOCK
 
 __all__ = ["FIGURES", "ExportRequest", "analyze_all", "render", "write_exports"]
+
+LOG = logging.getLogger(__name__)
 
 FIGURES = ("1", "6", "channels", "depth")
 
@@ -31,7 +34,7 @@ class ExportRequest:
     """What to draw: which figures, for which block, class and CAM method."""
 
     figures: tuple[str, ...] = FIGURES
-    block: str = "layer4.2"
+    block: str = DEFAULT_BLOCK
     target: int | str | None = None
     method: str = "gradcam"
     simam_lambda: float | None = None
@@ -143,4 +146,5 @@ def write_exports(
             arrays = {k.replace("/", "__"): v for k, v in r.arrays().items()}
             np.savez_compressed(path, **arrays)
             written.append(path)
+    LOG.info("wrote %d files for %s to %s", len(written), stem, out_dir)
     return written

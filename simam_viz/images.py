@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import struct
 import threading
 import warnings
@@ -26,6 +27,8 @@ from simam_viz.errors import ImageError
 
 __all__ = ["ALLOWED_FORMATS", "MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "image_sha256",
            "load_image"]
+
+LOG = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 MAX_BYTES = 10 * 2**20
@@ -219,4 +222,5 @@ def load_image(
                          "accepted") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"image is truncated or corrupt ({type(exc).__name__})") from exc
+    LOG.debug("decoded a %dx%d image (%d bytes)", rgb.width, rgb.height, len(data))
     return rgb

@@ -22,11 +22,13 @@ from simam_viz.preprocess import Preprocessing
 __all__ = [
     "ARCHS",
     "BLOCKS",
+    "DEFAULT_BLOCK",
     "ModelInfo",
     "ResNet50",
     "attention_module",
     "build_model",
     "model_info",
+    "validate_block",
 ]
 
 STAGE_BLOCKS = (3, 4, 6, 3)  # ResNet-50
@@ -35,6 +37,19 @@ BLOCKS: tuple[str, ...] = tuple(
     f"layer{s + 1}.{b}" for s, n in enumerate(STAGE_BLOCKS) for b in range(n)
 )
 """Names of the 16 bottlenecks, in forward order (``layer1.0`` ... ``layer4.2``)."""
+
+DEFAULT_BLOCK = BLOCKS[-1]
+"""The last bottleneck (``layer4.2``): where Grad-CAM looks by default and Figure 6 is drawn."""
+
+
+def validate_block(name: str) -> str:
+    """``name`` if it is one of :data:`BLOCKS`, else one line saying what is expected."""
+    if name not in BLOCKS:
+        from simam_viz.errors import AnalysisError
+
+        raise AnalysisError(f"unknown block {name!r}; expected {BLOCKS[0]} ... {BLOCKS[-1]}")
+    return name
+
 
 # Attention factory: (stage index 0-3, output channels of the block, options) -> module.
 AttentionFactory = Callable[[int, int, dict[str, Any]], nn.Module]

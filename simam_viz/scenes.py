@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import unicodedata
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ from simam_viz.errors import SimamVizError
 
 __all__ = ["CLASSES", "CLASS_NAMES", "FONT_PATH", "GENERATOR_VERSION", "PHOTOS", "Scene",
            "SceneGenerator", "gallery_examples", "generate_dataset"]
+
+LOG = logging.getLogger(__name__)
 
 FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FONT_SIZE = 109  # the only size of the font's CBDT bitmaps that FreeType will load
@@ -386,7 +389,7 @@ def generate_dataset(
     counts: dict[str, int] | None = None,
     size: int = 224,
     workers: int = 1,
-    progress: bool = True,
+    progress: bool = False,
     font_path: str | Path | None = None,
     distractor_prob: float = 0.4,
     occlusion_prob: float = 0.3,
@@ -429,6 +432,7 @@ def generate_dataset(
                 bar.update()
     bar.close()
     (out / "meta.json").write_text(json.dumps(gen.meta(counts), indent=2) + "\n")
+    LOG.info("wrote %d scenes to %s", sum(counts.values()), out)
     return out
 
 

@@ -11,6 +11,7 @@ per epoch, and the result is written in the project's checkpoint format.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -33,6 +34,8 @@ from simam_viz.models import ARCHS, build_model
 from simam_viz.preprocess import Preprocessing
 
 __all__ = ["TrainConfig", "evaluate_accuracy", "train"]
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +68,7 @@ class TrainConfig:
     device: str = "cpu"
     resume: bool = False
     init: str | None = None  # folder of an earlier run's checkpoints to start from (fine-tune)
-    progress: bool = True
+    progress: bool = False  # a terminal progress bar (the CLI turns it on)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def preprocessing(self) -> Preprocessing:
@@ -198,6 +201,8 @@ def _train_one(cfg: TrainConfig, arch: str, train_set, evals, rank: int, world: 
         val = evaluate_accuracy(model, evals["val"], device=cfg.device) if "val" in evals else None
         history.append({"epoch": epoch + 1, "step": step, "val_top1": val,
                         "seconds": round(before + time.perf_counter() - started, 1)})
+        LOG.info("%s epoch %d/%d: step %d, val top-1 %s", arch, epoch + 1, cfg.epochs, step,
+                 "-" if val is None else f"{val:.2f}")
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             tmp = state_path.with_suffix(".part")
