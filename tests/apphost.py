@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from localhttp import closed_port
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = closed_port  # a TCP port on loopback that nothing listens on right now
 
 
 def wait_healthy(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:

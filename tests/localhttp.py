@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 
@@ -26,3 +26,32 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean (no access log)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def routes_handler(routes: Mapping[str, bytes | tuple[int, bytes]]) -> type[QuietHandler]:
+    """A handler answering GET ``path`` with ``routes[path]`` (a body, or (status, body)),
+    and 404 for any other path. The paths asked for are kept in its ``requested`` list."""
+
+    class Handler(QuietHandler):
+        requested: list[str] = []
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            type(self).requested.append(self.path)
+            answer = routes.get(self.path)
+            if answer is None:
+                self.send_error(404)
+                return
+            status, body = answer if isinstance(answer, tuple) else (200, answer)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler

@@ -7,35 +7,22 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import hook_count, tiny_model
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from simam_viz import ARCHS, BLOCKS, build_model
+from simam_viz import ARCHS, BLOCKS
 from simam_viz.analysis import AnalysisError, analyze
 from simam_viz.cam_methods import METHODS
 
 
 def _model(arch: str = "simam_resnet50", seed: int = 0, width: float = 0.25, classes: int = 10):
-    torch.manual_seed(seed)
-    model = build_model(arch, width=width, num_classes=classes)
-    with torch.no_grad():  # random BN statistics so maps are not trivially uniform
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-    model.simam_viz.class_names = [f"class{i}" for i in range(classes)]
-    return model
+    """Random BN statistics, so maps are not trivially uniform; classes named class0, ..."""
+    return tiny_model(arch, seed, width=width, num_classes=classes, random_bn=True,
+                      class_names=[f"class{i}" for i in range(classes)])
 
 
 def _x(seed: int, size: int = 96) -> torch.Tensor:
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _hook_count(model: torch.nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
 
 
 def _library_cam(method: str, model, module, x, target: int) -> np.ndarray:
@@ -78,7 +65,7 @@ def test_slow_method_scorecam_equals_the_library() -> None:
     simam = model.layer4[2].conv2[1]
     expected = _library_cam("scorecam", model, simam, x, 2)
     np.testing.assert_allclose(result.cam("layer4.2", "after"), expected, atol=1e-4)
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_channel_averaged_attention_equals_equations() -> None:
@@ -114,7 +101,7 @@ def test_one_forward_one_backward_for_all_blocks(monkeypatch: pytest.MonkeyPatch
     assert calls == {"fwd": 1, "bwd": 1}
     assert result.blocks == BLOCKS
     assert all(len(result.wheres(b)) == 4 for b in BLOCKS)
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_se_channel_weights_are_the_excitation() -> None:
@@ -166,7 +153,7 @@ def test_bad_requests_fail_before_any_work() -> None:
     with pytest.raises(AnalysisError, match="1x3xHxW"):
         analyze(model, torch.randn(2, 3, 32, 32))
     assert analyze(model, x, target="class3").target == 3
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_threads_match_serial_results_exactly() -> None:
@@ -189,7 +176,7 @@ def test_threads_match_serial_results_exactly() -> None:
     for t in threads:
         t.join()
     assert failures == []
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -199,9 +186,21 @@ def test_anomaly_detection_and_finite_maps(arch: str) -> None:
         result = analyze(model, x, blocks=("layer4.2", "layer2.0"))
     for block in ("layer4.2", "layer2.0"):
         for where in result.wheres(block):
-            cam = result.cam(block, where)
+            cam, raw = result.cam(block, where), result.raw_cam(block, where)
             assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
-            assert cam.std() > 0 or result.notes
+            assert np.isfinite(raw).all() and raw.min() >= 0
+            notes = [n for n in result.notes if n.startswith(f"{block}/{where}: ")]
+            if cam.std() > 0:
+                assert notes == [], notes  # a map with content needs no excuse
+                continue
+            # a flat map is only right when the raw map is empty after ReLU, and then the
+            # note naming exactly this map says so
+            assert raw.max() <= 0, f"{block}/{where} is flat but its raw max is {raw.max()}"
+            assert any("empty after ReLU" in n for n in notes), (
+                f"{block}/{where} is flat and no note names it: {result.notes}")
+    for note in result.notes:  # and no note is about a map that is not empty
+        block, where = note.split(":", 1)[0].split("/")
+        assert result.raw_cam(block, where).max() <= 0, note
 
 
 def test_pil_input_uses_model_preprocessing() -> None:
@@ -226,6 +225,6 @@ def test_errors_inside_the_pass_remove_hooks() -> None:
     with pytest.raises(RuntimeError, match="injected"):
         analyze(model, x, blocks="all")
     handle.remove()
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
     assert all(p.requires_grad for p in model.parameters())
     assert analyze(model, x).cam("layer4.2").shape == (96, 96)

@@ -8,6 +8,7 @@ from PIL import Image
 
 import simam_viz
 from simam_viz import Analysis, AnalysisError, analyze, build_model
+from simam_viz.models import attention_module
 from simam_viz.preprocess import Preprocessing, imagenet_classes
 
 IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
@@ -43,10 +44,30 @@ def test_analyze_restores_every_submodules_mode() -> None:
     model.train()
     model.layer1.eval()
     model.layer3[2].bn1.eval()
-    before = {name: m.training for name, m in model.named_modules()}
-    assert not all(before.values()) and any(before.values())  # really mixed
-    analyze(model, IMAGE, blocks="all")
-    assert {name: m.training for name, m in model.named_modules()} == before
+    model.layer2.requires_grad_(False)
+    model.fc.bias.requires_grad_(False)
+    attention_module(model, "layer4.2").e_lambda = 0.25  # one block's lambda differs
+    seen = []
+    handle = model.layer3.register_forward_hook(lambda *_: seen.append(1))
+
+    def state() -> tuple:
+        return ({name: m.training for name, m in model.named_modules()},
+                {name: p.requires_grad for name, p in model.named_parameters()},
+                {name: m.e_lambda for name, m in model.named_modules()
+                 if isinstance(m, simam_viz.SimAM)},
+                {name: (len(m._forward_hooks), len(m._forward_pre_hooks),
+                        len(m._backward_hooks), len(m._backward_pre_hooks))
+                 for name, m in model.named_modules()})
+
+    before = state()
+    modes, grads, lambdas, _ = before
+    assert not all(modes.values()) and any(modes.values())  # really mixed
+    assert not all(grads.values()) and any(grads.values())
+    assert set(lambdas.values()) == {model.simam_viz.simam_lambda, 0.25}
+    analyze(model, IMAGE, blocks="all", simam_lambda=2.0)
+    assert state() == before
+    assert seen == [1]  # the caller's own hook stayed and ran once, in the one forward
+    handle.remove()
 
 
 def test_load_model_takes_the_lambda_the_weights_were_trained_with(tmp_path) -> None:
@@ -61,3 +82,25 @@ def test_load_model_takes_the_lambda_the_weights_were_trained_with(tmp_path) -> 
     assert loaded.simam_viz.simam_lambda == 0.5
     assert {m.e_lambda for m in loaded.modules() if isinstance(m, SimAM)} == {0.5}
     assert load_model(tmp_path / "m.safetensors").simam_viz.simam_lambda == 0.1  # sidecar's
+
+
+def test_the_library_logs_and_never_prints(tmp_path, capsys, caplog) -> None:
+    """Loading, analysing and exporting write nothing to stdout/stderr; records go to logs."""
+    from simam_viz import catalog, load_model
+    from simam_viz.export import ExportRequest, analyze_all, write_exports
+
+    with caplog.at_level("DEBUG", logger="simam_viz"):
+        items = catalog.available_demo()
+        model = load_model(items[0].path)
+        results = analyze_all([model], IMAGE, ExportRequest(figures=("1",), dpi=40))
+        files = write_exports(results, [model], ExportRequest(figures=("1",), dpi=40),
+                              tmp_path, "x", "0" * 64)
+    assert capsys.readouterr() == ("", "")
+    messages = [(r.name, r.getMessage()) for r in caplog.records]
+    assert ("simam_viz.checkpoints",
+            f"loaded {items[0].path}: resnet50, layout simam_viz, 12 classes, ResNet v1.5, "
+            "on cpu") in messages
+    assert ("simam_viz.export", f"wrote {len(files)} files for x to {tmp_path}") in messages
+    assert any(name == "simam_viz.analysis"
+               and text.startswith("analysed resnet50.safetensors: gradcam")
+               for name, text in messages)

@@ -9,14 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import (
+    CHECKPOINTS_DIR,
+    CLASSES,
+    TINY_PREP,
+    cache_key,
+    noise_image,
+    run_page,
+    shipped_demo_present,
+    tiny_model,
+)
 
-from simam_viz import build_model, save_checkpoint
+from simam_viz import save_checkpoint
 from simam_viz.analysis import analyze
 from simam_viz.errors import SimamVizError
-from simam_viz.preprocess import Preprocessing
 from simam_viz.service import (
-    AnalysisKey,
     BusyError,
     ModelCache,
     Service,
@@ -24,28 +31,11 @@ from simam_viz.service import (
     shared_service,
 )
 
-APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
-CLASSES = ["apple", "ball", "cat"]
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("appckpt")
-    for seed, arch in enumerate(("resnet50", "se_resnet50", "simam_resnet50")):
-        torch.manual_seed(seed)
-        model = build_model(arch, num_classes=3, width=0.125, dilate_last=True)
-        save_checkpoint(model, folder / "demo" / arch, class_names=CLASSES,
-                        preprocessing=Preprocessing(resize=64, crop=64))
-    return folder
-
 
 @pytest.fixture()
-def app(demo_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo_dir))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
+def app(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tiny_checkpoints))
+    at = run_page()
     assert not at.exception and not at.error, [e.value for e in at.error]
     return at
 
@@ -129,15 +119,11 @@ def test_target_and_lambda_recompute_once(app, model_runs) -> None:
 
 
 def test_lambda_starts_at_the_checkpoint_lambda(tmp_path: Path, monkeypatch) -> None:
-    from streamlit.testing.v1 import AppTest
-
-    torch.manual_seed(0)
-    model = build_model("simam_resnet50", num_classes=3, width=0.125, simam_lambda=0.5)
+    model = tiny_model(simam_lambda=0.5)
     save_checkpoint(model, tmp_path / "demo" / "simam_resnet50", class_names=CLASSES,
-                    preprocessing=Preprocessing(resize=64, crop=64))
+                    preprocessing=TINY_PREP)
     monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
+    at = run_page()
     assert not at.exception and not at.error
     assert at.select_slider(key="lambda::demo/simam_resnet50").value == 0.5
     assert any("trained with λ = 0.5" in c for c in _captions(at))
@@ -163,14 +149,10 @@ def test_export_follows_the_selected_models(app) -> None:
 
 def test_first_screen_uses_a_scene_and_flags_photos(monkeypatch) -> None:
     """The shipped demo models: the default example is one they know; a photo gets one line."""
-    from streamlit.testing.v1 import AppTest
-
-    demo = Path(__file__).resolve().parents[1] / "checkpoints"
-    if not list((demo / "demo").glob("*.safetensors")):
+    if not shipped_demo_present():
         pytest.skip("the shipped demo models are not present")
-    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(demo))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(CHECKPOINTS_DIR))
+    at = run_page()
     assert not at.exception and not at.error
     assert at.selectbox(key="example").value == "scene_dog_3.png"
     assert not [i.value for i in at.info]
@@ -183,35 +165,26 @@ def test_first_screen_uses_a_scene_and_flags_photos(monkeypatch) -> None:
 
 
 def test_missing_checkpoints_is_one_message(tmp_path: Path, monkeypatch) -> None:
-    from streamlit.testing.v1 import AppTest
-
     monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
+    monkeypatch.setenv("SIMAM_VIZ_DEMO_MODELS", "0")  # no bundled demo models either
+    at = run_page(timeout=60)
     assert not at.exception
     assert [e.value for e in at.error] == [
         "no checkpoints found: add files to checkpoints/ (see README)"
     ]
 
 
-def _key(sha: str = "a" * 64) -> AnalysisKey:
-    return AnalysisKey(sha, "demo/x", "b" * 64, "cpu", None, "gradcam", None)
-
-
 def _model():
-    torch.manual_seed(0)
-    model = build_model("simam_resnet50", num_classes=3, width=0.125)
-    model.simam_viz.class_names = CLASSES
-    return model
+    return tiny_model(class_names=CLASSES)
 
 
-IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+IMAGE = noise_image(0, 64, 64)
 
 
 def test_service_caches_by_key() -> None:
     service, model = Service(max_concurrent=1), _model()
-    first, cached = service.analysis(_key(), model, IMAGE)
-    again, cached_again = service.analysis(_key(), model, IMAGE)
+    first, cached = service.analysis(cache_key(), model, IMAGE)
+    again, cached_again = service.analysis(cache_key(), model, IMAGE)
     assert not cached and cached_again and again is first
     assert len(first.blocks) == 16  # one pass gives every block: block changes are free
 
@@ -238,17 +211,24 @@ def test_busy_instead_of_unbounded_queue() -> None:
         return analyze(*args, **kwargs)
 
     service.analyze_fn = slow
-    worker = threading.Thread(target=service.analysis, args=(_key("1" * 64), model, IMAGE))
+    worker = threading.Thread(target=service.analysis, args=(cache_key("1" * 64), model, IMAGE))
     worker.start()
     started.wait(10)
     t0 = time.perf_counter()
     with pytest.raises(BusyError, match="retry"):
-        service.analysis(_key("2" * 64), model, IMAGE)
+        service.analysis(cache_key("2" * 64), model, IMAGE)
     assert time.perf_counter() - t0 < 2
     release.set()
     worker.join()
     service.analyze_fn = analyze
-    assert service.analysis(_key("2" * 64), model, IMAGE)[0].target >= 0  # next one works
+    # the refused request left nothing behind: the next one runs, all blocks, and gives
+    # exactly what the engine gives
+    result, cached = service.analysis(cache_key("2" * 64), model, IMAGE)
+    assert not cached
+    expected = analyze(model, IMAGE, blocks="all")
+    assert result.arrays().keys() == expected.arrays().keys()
+    for name, array in expected.arrays().items():
+        np.testing.assert_array_equal(result.arrays()[name], array, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -258,19 +238,19 @@ def test_busy_instead_of_unbounded_queue() -> None:
 )
 def test_faults_become_messages_and_the_next_request_works(error, message) -> None:
     service, model = Service(max_concurrent=1), _model()
-    service.cache.put(_key("9" * 64), analyze(model, IMAGE))
+    service.cache.put(cache_key("9" * 64), analyze(model, IMAGE))
 
     def fail(*args, **kwargs):
         raise error
 
     service.analyze_fn = fail
     with pytest.raises(ServiceError, match=message) as exc:
-        service.analysis(_key(), model, IMAGE)
+        service.analysis(cache_key(), model, IMAGE)
     assert isinstance(exc.value, SimamVizError) and "\n" not in str(exc.value)
     if isinstance(error, torch.cuda.OutOfMemoryError):
         assert len(service.cache) == 0  # memory released
     service.analyze_fn = analyze
-    result, cached = service.analysis(_key(), model, IMAGE)
+    result, cached = service.analysis(cache_key(), model, IMAGE)
     assert not cached and result.cam("layer4.2").shape == (224, 224)  # default preprocessing
 
 
@@ -288,10 +268,12 @@ def test_identical_requests_in_flight_run_once() -> None:
 
     service.analyze_fn = slow
     got: list[tuple] = []
-    first = threading.Thread(target=lambda: got.append(service.analysis(_key(), model, IMAGE)))
+    first = threading.Thread(
+        target=lambda: got.append(service.analysis(cache_key(), model, IMAGE)))
     first.start()
     entered.wait(10)
-    second = threading.Thread(target=lambda: got.append(service.analysis(_key(), model, IMAGE)))
+    second = threading.Thread(
+        target=lambda: got.append(service.analysis(cache_key(), model, IMAGE)))
     second.start()
     time.sleep(0.2)
     release.set()
@@ -339,6 +321,6 @@ def test_unfamiliar_image_note() -> None:
     note = unfamiliar_image_note(unsure, ["demo", "demo"], CLASSES)
     assert note is not None and "know only 3 kinds" in note and "apple, ball, cat" in note
     disagree = [result("dog", 0.9), result("cat", 0.8)]
-    assert unfamiliar_image_note(disagree, ["demo", "demo"], CLASSES) is not None
+    assert unfamiliar_image_note(disagree, ["demo", "demo"], CLASSES) == note  # same sentence
     # an official (ImageNet) model in the comparison: no such claim about the image
     assert unfamiliar_image_note(unsure, ["demo", "official"], CLASSES) is None

@@ -46,8 +46,8 @@ from apphost import (
     stop_app,
     upload,
 )
+from helpers import DEFAULT_EXAMPLE
 from PIL import Image, ImageOps
-from test_browser import tiny_demo_set
 
 from simam_viz.preprocess import Preprocessing
 
@@ -56,7 +56,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (make system-deps)")
 
 WAIT_MS = 180_000  # this 2-core machine runs other heavy jobs: generous, failures are still fast
-EXAMPLE = "scene_dog_3.png"  # what the page analyses while nothing is uploaded (app/paths.py)
+EXAMPLE = DEFAULT_EXAMPLE.name  # what the page analyses while nothing is uploaded
 # Server memory bounds, MB. Measured on the 2-core dev box (tiny 160-px demo models), from
 # ~1300 MB after the warm-up (app/serve.py's start-up pass, then this session's first upload):
 # the refused files moved RSS and peak (VmHWM) by <= 3 MB;
@@ -312,13 +312,13 @@ class Session:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory) -> Iterator[tuple[str, int | None]]:
+def app(request: pytest.FixtureRequest) -> Iterator[tuple[str, int | None]]:
     """(url, server pid or None): a fresh server on tiny models, or `$SIMAM_VIZ_URL`."""
     if os.environ.get("SIMAM_VIZ_URL"):
         with serve() as url:
             yield url, None
         return
-    url, proc = start_app(tiny_demo_set(tmp_path_factory.mktemp("bad_input_ckpt")))
+    url, proc = start_app(request.getfixturevalue("demo_checkpoints"))
     try:
         yield url, proc.pid
     finally:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from apphost import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -29,9 +27,9 @@ from apphost import (
     upload,
     wait_images,
 )
+from helpers import DEFAULT_EXAMPLE
 from PIL import Image
 
-from simam_viz import build_model, save_checkpoint
 from simam_viz.preprocess import Preprocessing
 
 SHOTS = ROOT / "docs" / "screenshots"
@@ -40,29 +38,14 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (make system-deps)")
 
 
-def tiny_demo_set(folder: Path) -> Path:
-    """The shipped demo models if present, else three untrained tiny ones (same layout)."""
-    demo = ROOT / "checkpoints" / "demo"
-    if list(demo.glob("*.safetensors")):
-        shutil.copytree(demo, folder / "demo")
-    else:
-        for seed, arch in enumerate(("resnet50", "se_resnet50", "simam_resnet50")):
-            torch.manual_seed(seed)
-            save_checkpoint(build_model(arch, num_classes=3, width=0.125, dilate_last=True),
-                            folder / "demo" / arch, class_names=["apple", "ball", "cat"],
-                            preprocessing=Preprocessing(resize=64, crop=64))
-    return folder
-
-
 LOG_PATH: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ckpt = tiny_demo_set(tmp_path_factory.mktemp("browser_ckpt"))
+def server(demo_checkpoints: Path, tmp_path_factory):
     log = tmp_path_factory.mktemp("browser_log") / "server.log"
-    with serve(ckpt, env={"SIMAM_VIZ_MAX_CONCURRENT": "4", "SIMAM_VIZ_LOG_LEVEL": "DEBUG"},
-               log=log) as url:
+    env = {"SIMAM_VIZ_MAX_CONCURRENT": "4", "SIMAM_VIZ_LOG_LEVEL": "DEBUG"}
+    with serve(demo_checkpoints, env=env, log=log) as url:
         if not os.environ.get("SIMAM_VIZ_URL"):
             LOG_PATH["server"] = log
         yield url
@@ -108,7 +91,7 @@ def _stage(page, stage: str) -> None:
 def test_upload_browse_download_and_recover(server: str, browser) -> None:
     context, page = open_session(browser, server)
     # a real scene (one of the gallery examples): the screenshots in README show it
-    upload(page, "dog.png", (ROOT / "app" / "examples" / "scene_dog_3.png").read_bytes())
+    upload(page, "dog.png", DEFAULT_EXAMPLE.read_bytes())
     wait_images(page)
     assert page.get_by_text("Device").count() >= 1
     crop = input_pixels(page).shape  # the Compare view's input panel (views are lazy)

@@ -8,40 +8,30 @@ Registries are temporary files named by ``SIMAM_VIZ_REGISTRY``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import pytest
+from helpers import registry_entry
 
 from simam_viz import catalog
 from simam_viz.registry import load_registry
 
-PREP = {"resize": 256, "crop": 224, "interpolation": "bilinear",
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 GOOD = b"the published weights" * 1000
 
 
 def _entry(name: str, filename: str, **extra) -> dict:
-    return {"name": name, "title": f"Net {name}", "arch": "resnet50", "resnet_variant": "v1.5",
-            "filename": filename, "source": "http", "urls": [f"http://127.0.0.1:9/{filename}"],
-            "sha256": hashlib.sha256(GOOD).hexdigest(), "sha256_prefix": None,
-            "preprocessing": PREP, "simam_lambda": None, "top1": 76.13, "licence": "MIT",
-            "redistributable": True, "notes": "", **extra}
+    return registry_entry(name, filename, f"http://127.0.0.1:9/{filename}", **{
+        "title": f"Net {name}", "sha256": hashlib.sha256(GOOD).hexdigest(), "top1": 76.13,
+        **extra})
 
 
 @pytest.fixture
-def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_registry) -> Path:
     """An empty checkpoints folder, a registry of two entries and a fresh digest cache."""
-    entries = [
-        _entry("net", "net-0676ba61.pth"),
-        _entry("prefixed", "prefixed.pth", sha256=None,
-               sha256_prefix=hashlib.sha256(GOOD).hexdigest()[:8], top1=80.86),
-    ]
-    registry = tmp_path / "registry.json"
-    registry.write_text(json.dumps({"format": "simam-viz-registry", "version": 1,
-                                    "entries": entries}), encoding="utf-8")
-    monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(registry))
+    use_registry(_entry("net", "net-0676ba61.pth"),
+                 _entry("prefixed", "prefixed.pth", sha256=None,
+                        sha256_prefix=hashlib.sha256(GOOD).hexdigest()[:8], top1=80.86))
     monkeypatch.setattr(catalog, "_DIGESTS", {})
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
@@ -77,12 +67,9 @@ def test_matching_bytes_are_official_with_top1(folder: Path) -> None:
 
 
 def test_entry_without_published_hash_is_not_hashed(
-    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    folder: Path, use_registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = tmp_path / "nohash.json"
-    registry.write_text(json.dumps({"format": "simam-viz-registry", "version": 1, "entries": [
-        _entry("drive", "drive.pth", sha256=None)]}), encoding="utf-8")
-    monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(registry))
+    use_registry(_entry("drive", "drive.pth", sha256=None))  # replaces the two entries
     monkeypatch.setattr(catalog, "file_sha256", _forbidden)
     (folder / "drive.pth").write_bytes(b"anything")
     assert _by_key(folder)["official/drive"].source == "official"

@@ -10,6 +10,7 @@ import layouts
 import pytest
 import torch
 import torchvision
+from helpers import one_line
 from safetensors.torch import save_file
 
 from simam_viz import CheckpointError, build_model, identify_checkpoint, load_model, save_checkpoint
@@ -134,19 +135,13 @@ class _Evil:
         return (Path.touch, (self.target,))
 
 
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg and 0 < len(msg) <= 300
-    return msg
-
-
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": _Evil(target)}, path)
     with pytest.raises(CheckpointError) as exc:
         load_model(path)
-    assert "refused" in _one_line(exc)
+    assert "refused" in one_line(exc)
     assert not target.exists()
     # a raw (non-zip) pickle too
     raw = tmp_path / "evil.pkl"
@@ -170,7 +165,7 @@ def test_bad_files_give_one_line(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(CheckpointError) as exc:
             load_model(tmp_path / name)
-        assert expected in _one_line(exc), name
+        assert expected in one_line(exc), name
     with pytest.raises(CheckpointError, match="no such"):
         load_model(tmp_path / "missing.pth")
 
@@ -179,7 +174,7 @@ def test_wrong_architecture_and_class_count(tmp_path: Path) -> None:
     r18 = _save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     with pytest.raises(CheckpointError) as exc:
         load_model(r18)
-    assert "BasicBlock blocks 2,2,2,2" in _one_line(exc)
+    assert "BasicBlock blocks 2,2,2,2" in one_line(exc)
     r101 = _save(torchvision.models.resnet101().state_dict(), tmp_path / "r101.pth")
     with pytest.raises(CheckpointError, match="3,4,23,3"):
         load_model(r101)

@@ -8,18 +8,17 @@ real ``checkpoints/`` folder and the internet are never touched.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from localhttp import local_server
+from helpers import registry_entry
+from localhttp import closed_port
 
 from simam_viz import cli, registry
 from simam_viz.checkpoints import save_checkpoint
@@ -28,57 +27,36 @@ from simam_viz.preprocess import Preprocessing
 
 PAYLOAD = b"weights" * 100_000
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
-PREP = {"resize": 256, "crop": 224, "interpolation": "bilinear",
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        if self.path == "/tiny.pth":
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(PAYLOAD)))
-            self.end_headers()
-            self.wfile.write(PAYLOAD)
-        else:
-            self.send_error(404)
 
 
 @pytest.fixture(scope="module")
-def server():
-    with local_server(_Handler) as url:
-        yield url
-
-
-def _entry(name: str, arch: str, filename: str, url: str, **extra) -> dict:
-    return {"name": name, "title": name, "arch": arch, "resnet_variant": "v1.5",
-            "filename": filename, "source": "http", "urls": [url], "sha256": None,
-            "sha256_prefix": None, "preprocessing": PREP, "simam_lambda": None, "top1": 70.0,
-            "licence": "MIT", "redistributable": True, "notes": "", **extra}
+def http_routes() -> dict[str, bytes]:
+    return {"/tiny.pth": PAYLOAD}
 
 
 @pytest.fixture
-def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str) -> Path:
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_server: str,
+           use_registry) -> Path:
     """A temporary checkpoints folder and registry (four entries, one per status)."""
-    entries = [
-        _entry("tiny", "resnet50", "tiny.pth", f"{server}/tiny.pth", sha256=DIGEST),
-        _entry("tiny-404", "resnet50", "gone.pth", f"{server}/gone.pth", sha256_prefix="00"),
-        _entry("drive-simam", "simam_resnet50", "model_best_in_100_epochs.pth.tar",
-               "https://drive.google.com/drive/folders/X", source="gdrive_folder",
-               gdrive_id="X", simam_lambda=0.1, redistributable=False, licence="none published",
-               candidates=["checkpoint.pth.tar"]),
-        _entry("drive-eca", "eca_resnet50", "eca.pth.tar", "https://drive.google.com/file/d/Y",
-               source="gdrive_file", gdrive_id="Y"),
-    ]
-    path = tmp_path / "registry.json"
-    path.write_text(json.dumps({"format": "simam-viz-registry", "version": 1,
-                                "entries": entries}), encoding="utf-8")
-    monkeypatch.setattr(registry, "REGISTRY_PATH", path)
+    use_registry(
+        registry_entry("tiny", "tiny.pth", f"{http_server}/tiny.pth", sha256=DIGEST),
+        registry_entry("tiny-404", "gone.pth", f"{http_server}/gone.pth", sha256_prefix="00"),
+        registry_entry("drive-simam", "model_best_in_100_epochs.pth.tar",
+                       "https://drive.google.com/drive/folders/X", arch="simam_resnet50",
+                       source="gdrive_folder", gdrive_id="X", simam_lambda=0.1,
+                       redistributable=False, licence="none published",
+                       candidates=["checkpoint.pth.tar"]),
+        registry_entry("drive-eca", "eca.pth.tar", "https://drive.google.com/file/d/Y",
+                       arch="eca_resnet50", source="gdrive_file", gdrive_id="Y"),
+    )
     ckpts = tmp_path / "ckpts"
     monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(ckpts))
     return ckpts
+
+
+def _registry_file() -> Path:
+    """The temporary registry of ``folder`` (never the repository's own)."""
+    return Path(os.environ["SIMAM_VIZ_REGISTRY"])
 
 
 def _line(out: str, name: str) -> str:
@@ -118,10 +96,13 @@ def test_list_statuses_and_other_files(folder: Path, capsys) -> None:
     assert _line(out, "drive-simam").endswith("present, no published hash (checkpoint.pth.tar)")
     wrong = "present, but eca.pth.tar holds a resnet50 (v1.5), not eca_resnet50 (v1.5)"
     assert _line(out, "drive-eca").endswith(wrong)
-    others = out.split("Other checkpoint files in the folder:")[1]
+    demo, others = out.split("Demo models")[1].split("Other checkpoint files in the folder:")
+    # the folder's own demo model replaces the bundled one of that name; the rest join it
+    assert f"demo/simam_resnet50  simam_resnet50  ({folder / 'demo'}" in demo
+    assert re.search(r"demo/resnet50 +resnet50, test top-1 [\d.]+%  \(.*/checkpoints/demo/", demo)
     assert re.search(r"mine/r50\.pth +layout torchvision, resnet50, 1000 classes, ResNet v1\.5",
                      others)
-    assert "demo/simam_resnet50.safetensors" in others and "3 classes" in others
+    assert "demo/simam_resnet50.safetensors" not in others
     assert "demo/broken.pth" in others and "unreadable" in others
     assert "tiny.pth" not in others and ".part" not in out and "checkpoint.pth.tar" not in others
 
@@ -180,11 +161,11 @@ def test_official_subfolder_is_found(folder: Path, capsys) -> None:
     assert _line(capsys.readouterr().out, "tiny").endswith("present, verified (tiny.pth)")
 
 
-def test_fetch_failure_is_one_line(folder: Path, server: str, capsys) -> None:
+def test_fetch_failure_is_one_line(folder: Path, http_server: str, capsys) -> None:
     assert cli.main(["fetch", "tiny-404", "--quiet"]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("error: tiny-404: HTTP 404")
-    assert f"download {server}/gone.pth by hand and save it as {folder / 'gone.pth'}" in (
+    assert f"download {http_server}/gone.pth by hand and save it as {folder / 'gone.pth'}" in (
         captured.err
     )
     assert "Traceback" not in captured.err and not list(folder.iterdir())
@@ -197,12 +178,9 @@ def test_fetch_some_failed_is_status_1(folder: Path, capsys) -> None:
 
 
 def test_fetch_offline(folder: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    raw = json.loads(registry.REGISTRY_PATH.read_text(encoding="utf-8"))
-    raw["entries"][0]["urls"] = [f"http://127.0.0.1:{port}/tiny.pth"]
-    registry.REGISTRY_PATH.write_text(json.dumps(raw), encoding="utf-8")
+    raw = json.loads(_registry_file().read_text(encoding="utf-8"))
+    raw["entries"][0]["urls"] = [f"http://127.0.0.1:{closed_port()}/tiny.pth"]
+    _registry_file().write_text(json.dumps(raw), encoding="utf-8")
     assert cli.main(["fetch", "--all", "--quiet"]) == 2  # nothing could be fetched
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 4 and all(line.startswith("error: ") for line in err)
@@ -228,7 +206,7 @@ def test_usage_errors_are_status_2_and_one_line(folder: Path, capsys, argv, star
 
 
 def test_broken_registry_is_one_line(folder: Path, capsys) -> None:
-    registry.REGISTRY_PATH.write_text("{not json", encoding="utf-8")
+    _registry_file().write_text("{not json", encoding="utf-8")
     assert cli.main(["list"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read checkpoint registry") and err.count("\n") == 1

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import image_size, save_tiny_checkpoints
 from PIL import Image
 
-from simam_viz import build_model, cli, save_checkpoint
+from simam_viz import cli
 from simam_viz.figures import CBAR, LABEL, PANEL, TOP
 from simam_viz.preprocess import Preprocessing
 
@@ -20,14 +20,10 @@ CLASSES = ["cat", "dog", "car"]
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ckpts")
-    for seed, arch in enumerate(("resnet50", "se_resnet50", "simam_resnet50")):
-        torch.manual_seed(seed)
-        model = build_model(arch, num_classes=3, width=0.125)
-        save_checkpoint(model, folder / "demo" / arch, class_names=CLASSES,
-                        preprocessing=Preprocessing(resize=72, crop=64),
-                        provenance={"test_top1": 33.3})
-    return folder
+    """Tiny demo models of their own classes, resized to 72 then cropped to 64."""
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("ckpts"), classes=CLASSES,
+                                 preprocessing=Preprocessing(resize=72, crop=64),
+                                 dilate_last=False, provenance={"test_top1": 33.3})
 
 
 @pytest.fixture()
@@ -43,7 +39,7 @@ def images(tmp_path: Path) -> Path:
 
 
 def _size(path: Path) -> tuple[int, int]:
-    return Image.open(io.BytesIO(path.read_bytes())).size
+    return image_size(path.read_bytes())
 
 
 def test_figure_batch(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch, capsys) -> None:

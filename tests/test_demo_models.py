@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO_ARCHS, DEMO_DIR
 
 from simam_viz import load_model
 from simam_viz.analysis import analyze
@@ -15,18 +14,15 @@ from simam_viz.evaluation import _mask_in_frame
 from simam_viz.localization import pointing_game
 from simam_viz.scenes import CLASS_NAMES, FONT_PATH, SceneGenerator
 
-DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
-ARCHS = ("resnet50", "se_resnet50", "simam_resnet50")
-
 
 def _sums() -> dict[str, str]:
-    lines = (DEMO / "SHA256SUMS").read_text().splitlines()
+    lines = (DEMO_DIR / "SHA256SUMS").read_text().splitlines()
     return {name.strip(): digest for digest, name in (line.split(maxsplit=1) for line in lines)}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", DEMO_ARCHS)
 def test_shipped_checkpoint_loads_and_matches_its_hash(arch: str) -> None:
-    path = DEMO / f"{arch}.safetensors"
+    path = DEMO_DIR / f"{arch}.safetensors"
     assert path.stat().st_size <= 8 * 1024 * 1024
     model = load_model(path)
     info = model.simam_viz
@@ -46,9 +42,9 @@ def fresh_scenes():
     return [(s.image, classes.index(s.class_name), s.mask) for s in scenes]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", DEMO_ARCHS)
 def test_accuracy_on_200_fresh_scenes(arch: str, fresh_scenes) -> None:
-    model = load_model(DEMO / f"{arch}.safetensors")
+    model = load_model(DEMO_DIR / f"{arch}.safetensors")
     prep = model.simam_viz.preprocessing
     x = torch.cat([prep(image) for image, _, _ in fresh_scenes])
     labels = torch.tensor([label for _, label, _ in fresh_scenes])
@@ -58,11 +54,11 @@ def test_accuracy_on_200_fresh_scenes(arch: str, fresh_scenes) -> None:
     assert accuracy >= 95.0, f"{arch}: {accuracy:.1f}% on 200 fresh scenes"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", DEMO_ARCHS)
 def test_grad_cam_points_at_the_object_in_fresh_scenes(arch: str, fresh_scenes) -> None:
     """The issue's localization bar, guarded: the last block's Grad-CAM maximum for the true
     class lies on the visible object (strict pointing game, mask brought to the input frame)."""
-    model = load_model(DEMO / f"{arch}.safetensors")
+    model = load_model(DEMO_DIR / f"{arch}.safetensors")
     prep = model.simam_viz.preprocessing
     hits = [
         pointing_game(analyze(model, image, target=label, blocks=("layer4.2",)).cam("layer4.2"),

@@ -8,13 +8,19 @@ that a checkpoint someone dropped into checkpoints/ cannot slip into an image.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
+import pytest
+from helpers import DOCKERFILE as DOCKERFILE_PATH
+from helpers import ROOT
+from localhttp import closed_port, local_server, routes_handler
+
+DOCKERFILE = DOCKERFILE_PATH.read_text()
+HEALTH = "/_stcore/health"
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -57,14 +63,47 @@ def test_base_user_port_and_healthcheck() -> None:
     assert "streamlit" in cmd and "app/serve.py" in cmd  # the page's warm-start wrapper
 
 
-def test_healthcheck_command_is_valid_python() -> None:
-    """The probe is a Python one-liner: it must at least compile (and exit 1 when down)."""
+def _health_probe() -> str:
+    """The Python code of the HEALTHCHECK's exec-form ``CMD ["python", "-c", CODE]``."""
     health = next(arg for word, arg in _instructions() if word == "HEALTHCHECK")
-    code = re.search(r'"-c", "(.*)"\]', health).group(1)
-    compile(code, "<healthcheck>", "exec")
-    probe = subprocess.run([sys.executable, "-c", code.replace("8501", "9")],
-                           capture_output=True, timeout=30)
-    assert probe.returncode != 0  # nothing listens on port 9: unhealthy, not "ok"
+    argv = json.loads(health.split(" CMD ", 1)[1])
+    assert argv[:2] == ["python", "-c"] and len(argv) == 3, argv
+    compile(argv[2], "<healthcheck>", "exec")
+    return argv[2]
+
+
+def _probe(code: str, port: int) -> subprocess.CompletedProcess:
+    """Run the probe against loopback ``port`` instead of the container's 8501."""
+    local, count = re.subn(r"(127\.0\.0\.1|localhost):8501\b", f"127.0.0.1:{port}", code)
+    assert count == 1, f"the probe should name the app's own port once: {code}"
+    return subprocess.run([sys.executable, "-c", local], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("routes", "healthy"),
+    [
+        ({HEALTH: b"ok"}, True),
+        ({HEALTH: (500, b"ok")}, False),  # a server error is unhealthy
+        ({HEALTH: b"starting"}, False),  # only the body "ok" is healthy
+        ({"/": b"ok", "/healthz": b"ok"}, False),  # "ok" elsewhere is not Streamlit's health
+    ],
+    ids=["ok", "http-500", "not-ok-body", "ok-on-other-paths"],
+)
+def test_healthcheck_probe_asks_streamlits_health_endpoint(routes: dict, healthy: bool) -> None:
+    """The probe, run against a local server: exit 0 exactly when GET /_stcore/health
+    answers 200 "ok"; the server must have seen that one request."""
+    handler = routes_handler(routes)
+    with local_server(handler) as url:
+        probe = _probe(_health_probe(), int(url.rsplit(":", 1)[1]))
+    assert handler.requested == [HEALTH]
+    # Docker's codes: 0 healthy, 1 unhealthy (2 is reserved)
+    assert probe.returncode == (0 if healthy else 1), probe.stderr.decode()[-500:]
+
+
+def test_healthcheck_probe_fails_when_nothing_listens() -> None:
+    probe = _probe(_health_probe(), closed_port())
+    assert probe.returncode == 1
+    assert b"Connection refused" in probe.stderr  # down, not a broken probe (a SyntaxError)
 
 
 def test_torch_index_and_fetch_are_build_arguments() -> None:

@@ -41,12 +41,25 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from helpers import (
+    CLASSES,
+    DEFAULT_EXAMPLE,
+    TINY_PREP,
+    cache_key,
+    demo_or_tiny_checkpoints,
+    global_hook_counts,
+    hook_counts,
+    noise_image,
+    run_page,
+    save_tiny_checkpoints,
+    tiny_model,
+)
 from PIL import Image
 from torch import nn
 
 import simam_viz.analysis as analysis_module
 import simam_viz.service as service_module
-from simam_viz import build_model, catalog, save_checkpoint
+from simam_viz import catalog, save_checkpoint
 from simam_viz.analysis import Analysis, analyze, model_lock
 from simam_viz.attention import SimAM
 from simam_viz.checkpoints import file_sha256, load_model
@@ -55,15 +68,10 @@ from simam_viz.models import attention_module
 from simam_viz.preprocess import Preprocessing
 from simam_viz.service import AnalysisKey, Service, ServiceError
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app" / "streamlit_app.py")
-EXAMPLE = ROOT / "app" / "examples" / "scene_dog_3.png"  # the page's default (app/paths.py)
-CLASSES = ["apple", "ball", "cat"]
-PREP = Preprocessing(resize=64, crop=64)
-ARCHS = ("resnet50", "se_resnet50", "simam_resnet50")
+PREP = TINY_PREP
 DEMO_NAMES = ["ResNet-50 demo", "SE-ResNet-50 demo", "SimAM-ResNet-50 demo"]
 LAMBDA_KEY = "lambda::demo/simam_resnet50"  # the lambda slider's key: one per SimAM checkpoint
-IMAGE_CAPTION = f"Image: `{EXAMPLE.name}`"  # which image the figures are of (only on success)
+IMAGE_CAPTION = f"Image: `{DEFAULT_EXAMPLE.name}`"  # the figures' image (only on success)
 OOM_MESSAGE = "the GPU ran out of memory; try fewer models or the CPU device"
 FAULT_MESSAGE = "analysis failed (RuntimeError: injected fault in SimAM call 9)"
 BROKEN_MESSAGES = {
@@ -78,39 +86,24 @@ BROKEN_MESSAGES = {
 
 def _tiny(arch: str = "simam_resnet50", seed: int = 0) -> nn.Module:
     """A width-0.125 model at 64 px with random BN statistics (so maps are not uniform)."""
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes=3, width=0.125, dilate_last=True)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-    model.simam_viz.class_names = list(CLASSES)
-    model.simam_viz.preprocessing = PREP
-    return model.eval()
+    return tiny_model(arch, seed, dilate_last=True, random_bn=True, class_names=CLASSES,
+                      preprocessing=PREP)
 
 
-IMAGE = Image.fromarray(np.random.default_rng(3).integers(0, 255, (80, 96, 3), np.uint8))
+IMAGE = noise_image(3, 80, 96)
 
 
-def _key(model_key: str = "demo/x", method: str = "gradcam", lam: float | None = 1.0,
-         image: str = "a" * 64) -> AnalysisKey:
-    return AnalysisKey(image, model_key, "b" * 64, "cpu", None, method, lam)
+def _key(image: str = "a" * 64) -> AnalysisKey:
+    """The key of the faulty requests below: lambda 1.0, not the models' default 0.1."""
+    return cache_key(image, lam=1.0)
 
 
 def _state(model: nn.Module) -> dict[str, Any]:
     """Everything about a model that an analysis must leave as it found it (but weights)."""
     return {
         "modules": [(name, type(m).__name__) for name, m in model.named_modules()],
-        "hooks": {
-            name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                   len(m._backward_pre_hooks), len(m._state_dict_hooks))
-            for name, m in model.named_modules()
-        },
-        "global_hooks": (len(nn.modules.module._global_forward_hooks),
-                         len(nn.modules.module._global_forward_pre_hooks),
-                         len(nn.modules.module._global_backward_hooks)),
+        "hooks": hook_counts(model),
+        "global_hooks": global_hook_counts(),
         "training": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grads": [p.grad is None for p in model.parameters()],
@@ -323,10 +316,7 @@ class Spy:
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three tiny demo models and one user file (``user/extra``) that no page selects."""
-    folder = tmp_path_factory.mktemp("faults_ckpt")
-    for seed, arch in enumerate(ARCHS):
-        save_checkpoint(_tiny(arch, seed), folder / "demo" / arch, class_names=CLASSES,
-                        preprocessing=PREP)
+    folder = save_tiny_checkpoints(tmp_path_factory.mktemp("faults_ckpt"), random_bn=True)
     save_checkpoint(_tiny("se_resnet50", 7), folder / "user" / "extra", class_names=CLASSES,
                     preprocessing=PREP)
     return folder
@@ -348,6 +338,7 @@ def ckpt(tiny_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     folder = tmp_path / "checkpoints"
     shutil.copytree(tiny_set, folder)
     monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(folder))
+    monkeypatch.setenv("SIMAM_VIZ_DEMO_MODELS", "0")  # this folder's models and no others
     _clear_app_caches()
     yield folder
     _clear_app_caches()
@@ -377,11 +368,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
 def _session():
     """A new browser session on the page (its own session state, the shared caches); with no
     upload it analyses the default example."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    return at
+    return run_page(timeout=120)
 
 
 def _errors(at) -> list[str]:
@@ -411,7 +398,7 @@ def _recomputed(at) -> bool:
 
 def _clean_result(path: Path, lam: float | None) -> Analysis:
     """What the page should show for ``path``: a fresh model that never saw any fault."""
-    return analyze(load_model(path, preprocessing=None), load_image(EXAMPLE.read_bytes()),
+    return analyze(load_model(path, preprocessing=None), load_image(DEFAULT_EXAMPLE.read_bytes()),
                    blocks="all", simam_lambda=lam)
 
 
@@ -566,7 +553,6 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
         CHROMIUM,
         CHROMIUM_ARGS,
         alerts,
-        free_port,
         idle,
         input_pixels,
         open_session,
@@ -575,14 +561,13 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
         stop_app,
         upload,
     )
+    from localhttp import closed_port
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (make system-deps)")
-    from test_browser import tiny_demo_set
-
-    folder = tiny_demo_set(tmp_path / "checkpoints")
-    port = free_port()
+    folder = demo_or_tiny_checkpoints(tmp_path / "checkpoints")
+    port = closed_port()  # free now; the server takes it, twice
     app = '[data-testid="stApp"]'
     url, proc = start_app(folder, port=port, log=tmp_path / "server-1.log")
     procs = [proc]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import json
 import socket
 import urllib.error
@@ -16,7 +15,8 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from localhttp import closed_port, local_server
+from helpers import file_names
+from localhttp import QuietHandler, closed_port
 
 from simam_viz.errors import FetchError, SimamVizError
 from simam_viz.fetch import _pick_resnet50, fetch
@@ -32,11 +32,8 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"  # needed for a chunked body
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         if self.path == "/ok.pth":
@@ -66,20 +63,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server():
-    with local_server(_Handler) as url:
-        yield url
-
+def http_handler() -> type[QuietHandler]:
+    return _Handler
 
 
 def _entry(url: str, **changes):
     base = load_registry()["resnet50-tv-v1"]
     fields = {"urls": (url,), "sha256": DIGEST, "sha256_prefix": None, **changes}
     return dataclasses.replace(base, **fields)
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 def _no_network(*args, **kwargs):
@@ -163,25 +154,25 @@ def test_checkpoints_dir_and_find_present(tmp_path: Path, monkeypatch) -> None:
 # ---- HTTP -----------------------------------------------------------------------------------
 
 
-def test_download_with_progress_is_verified_and_atomic(server: str, tmp_path: Path,
+def test_download_with_progress_is_verified_and_atomic(http_server: str, tmp_path: Path,
                                                        capsys) -> None:
-    path = fetch(_entry(f"{server}/ok.pth"), tmp_path, progress=True)
-    assert path.read_bytes() == PAYLOAD and _leftovers(tmp_path) == [path.name]
+    path = fetch(_entry(f"{http_server}/ok.pth"), tmp_path, progress=True)
+    assert path.read_bytes() == PAYLOAD and file_names(tmp_path) == [path.name]
     assert "resnet50-0676ba61.pth" in capsys.readouterr().err  # tqdm bar on stderr
     assert verify_file(_entry("x"), path) == "verified"
 
 
-def test_download_verified_by_url_hash_prefix(server: str, tmp_path: Path, capsys) -> None:
-    prefixed = _entry(f"{server}/ok.pth", sha256=None, sha256_prefix=DIGEST[:8])
+def test_download_verified_by_url_hash_prefix(http_server: str, tmp_path: Path, capsys) -> None:
+    prefixed = _entry(f"{http_server}/ok.pth", sha256=None, sha256_prefix=DIGEST[:8])
     path = fetch(prefixed, tmp_path, progress=False)
     assert path.read_bytes() == PAYLOAD and verify_file(prefixed, path) == "verified"
     assert capsys.readouterr().err == ""  # progress=False is silent
 
 
-def test_on_progress_reports_every_chunk(server: str, tmp_path: Path, capsys) -> None:
+def test_on_progress_reports_every_chunk(http_server: str, tmp_path: Path, capsys) -> None:
     """The app draws its own bar from these calls; the terminal's tqdm bar stays off."""
     seen: list[tuple[int, int | None]] = []
-    fetch(_entry(f"{server}/ok.pth"), tmp_path, progress=False,
+    fetch(_entry(f"{http_server}/ok.pth"), tmp_path, progress=False,
           on_progress=lambda got, total: seen.append((got, total)))
     assert seen and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert [got for got, _ in seen] == sorted({got for got, _ in seen})  # strictly growing
@@ -216,18 +207,18 @@ def test_present_file_is_not_downloaded_again(tmp_path: Path) -> None:
     assert fetch(entry, tmp_path, progress=False, opener=_no_network) == tmp_path / entry.filename
 
 
-def test_present_mismatch_is_replaced(server: str, tmp_path: Path) -> None:
-    entry = _entry(f"{server}/ok.pth")
+def test_present_mismatch_is_replaced(http_server: str, tmp_path: Path) -> None:
+    entry = _entry(f"{http_server}/ok.pth")
     (tmp_path / entry.filename).write_bytes(b"corrupt")
     assert fetch(entry, tmp_path, progress=False).read_bytes() == PAYLOAD
-    assert _leftovers(tmp_path) == [entry.filename]
+    assert file_names(tmp_path) == [entry.filename]
 
 
 @pytest.mark.parametrize("hashes", [{"sha256": "0" * 64}, {"sha256": None, "sha256_prefix": "00"}])
-def test_mismatch_leaves_nothing(server: str, tmp_path: Path, hashes: dict) -> None:
+def test_mismatch_leaves_nothing(http_server: str, tmp_path: Path, hashes: dict) -> None:
     with pytest.raises(FetchError, match="sha256 mismatch") as exc:
-        fetch(_entry(f"{server}/ok.pth", **hashes), tmp_path, progress=False)
-    assert "\n" not in str(exc.value) and _leftovers(tmp_path) == []
+        fetch(_entry(f"{http_server}/ok.pth", **hashes), tmp_path, progress=False)
+    assert "\n" not in str(exc.value) and file_names(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -236,15 +227,16 @@ def test_mismatch_leaves_nothing(server: str, tmp_path: Path, hashes: dict) -> N
      ("/cut-chunked.pth", "interrupted")],
 )
 def test_http_failures_give_manual_instructions(
-    server: str, tmp_path: Path, path: str, expected: str
+    http_server: str, tmp_path: Path, path: str, expected: str
 ) -> None:
-    entry = _entry(f"{server}{path}")
+    entry = _entry(f"{http_server}{path}")
     with pytest.raises(FetchError) as exc:
         fetch(entry, tmp_path, progress=False)
     message = str(exc.value)
     assert expected in message and "\n" not in message and "cannot reach" not in message
-    assert f"download {server}{path} by hand and save it as {tmp_path / entry.filename}" in message
-    assert _leftovers(tmp_path) == []
+    assert (f"download {http_server}{path} by hand and save it as "
+            f"{tmp_path / entry.filename}") in message
+    assert file_names(tmp_path) == []
 
 
 def test_refused_connection_is_one_clear_line(tmp_path: Path) -> None:
@@ -252,7 +244,7 @@ def test_refused_connection_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="cannot reach the server") as exc:
         fetch(_entry(url), tmp_path, progress=False)
     assert "\n" not in str(exc.value) and f"download {url} by hand" in str(exc.value)
-    assert _leftovers(tmp_path) == []
+    assert file_names(tmp_path) == []
 
 
 def test_dns_failure_is_one_clear_line(tmp_path: Path) -> None:
@@ -284,7 +276,7 @@ def test_ctrl_c_mid_download_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         fetch(_entry("http://x/y.pth"), tmp_path, progress=False,
               opener=lambda *a, **k: Response())
-    assert _leftovers(tmp_path) == []
+    assert file_names(tmp_path) == []
 
 
 def test_unwritable_folder_is_a_fetch_error(tmp_path: Path) -> None:
@@ -329,7 +321,7 @@ def test_gdrive_folder_picks_the_resnet50_file(tmp_path: Path) -> None:
     fake = _FakeGdown(listing, PAYLOAD)
     path = fetch(entry, tmp_path, progress=False, gdown=fake)
     assert fake.downloaded == ["b"] and path.name == entry.filename
-    assert _leftovers(tmp_path) == [entry.filename]
+    assert file_names(tmp_path) == [entry.filename]
     assert verify_file(entry, path) == "no published hash"
 
 
@@ -364,7 +356,7 @@ def test_gdrive_folder_failure_explains_the_manual_step(tmp_path: Path) -> None:
         assert "Baidu" in message and "ResNet-50" in message
         assert str(tmp_path / "model_best_in_100_epochs.pth.tar") in message
         assert "checkpoint.pth.tar" in message
-    assert _leftovers(tmp_path) == []
+    assert file_names(tmp_path) == []
 
 
 def test_gdrive_offline_is_said_plainly(tmp_path: Path) -> None:
@@ -373,7 +365,7 @@ def test_gdrive_offline_is_said_plainly(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match=r"cannot reach Google Drive, ConnectionError\); "
                                          r"download https://drive\.google\.com/file/d/"):
         fetch(entry, tmp_path, progress=False, gdown=_FakeGdown([], offline("pool...\n...")))
-    assert _leftovers(tmp_path) == []
+    assert file_names(tmp_path) == []
 
 
 def test_gdrive_file_by_id(tmp_path: Path) -> None:
@@ -396,4 +388,4 @@ def test_gdrive_file_failures_leave_nothing(tmp_path: Path, payload, expected: s
     message = str(exc.value)
     assert "\n" not in message
     assert "download https://drive.google.com/file/d/1mvAVvhLR_2XY_bPYxh-SEz4vDmGzSArO" in message
-    assert _leftovers(tmp_path) == []
+    assert file_names(tmp_path) == []

@@ -8,67 +8,25 @@ failure must leave the checkpoints folder untouched and show one error line.
 from __future__ import annotations
 
 import hashlib
-import http.server
-import json
 import logging
 from pathlib import Path
 
 import pytest
-from localhttp import closed_port, local_server
+from helpers import APP_DIR, file_names, registry_entry
+from localhttp import closed_port
 
-from simam_viz.registry import load_registry
-
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
 PAYLOAD = bytes(range(256)) * (3 * 4096)  # 3 MiB: several chunks, so progress is reported
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
-ROUTES = {"/tiny.pth": PAYLOAD, "/wrong.pth": b"not the published weights" * 1000}
-PREP = {"resize": 256, "crop": 224, "interpolation": "bilinear",
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        body = ROUTES.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 @pytest.fixture(scope="module")
-def server():
-    with local_server(_Handler) as url:
-        yield url
-
+def http_routes() -> dict[str, bytes]:
+    return {"/tiny.pth": PAYLOAD, "/wrong.pth": b"not the published weights" * 1000}
 
 
 def _entry(name: str, url: str, **extra) -> dict:
-    return {"name": name, "title": f"Tiny {name}", "arch": "resnet50",
-            "resnet_variant": "v1.5", "filename": f"{name}.pth", "source": "http",
-            "urls": [url], "sha256": DIGEST, "sha256_prefix": None, "preprocessing": PREP,
-            "simam_lambda": None, "top1": 70.5, "licence": "MIT", "redistributable": True,
-            "notes": "", **extra}
-
-
-@pytest.fixture
-def use_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Write a registry of the given entries and point ``SIMAM_VIZ_REGISTRY`` at it."""
-
-    def write(*entries: dict) -> Path:
-        path = tmp_path / "registry.json"
-        path.write_text(json.dumps({"format": "simam-viz-registry", "version": 1,
-                                    "entries": list(entries)}), encoding="utf-8")
-        monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(path))
-        assert set(load_registry()) == {e["name"] for e in entries}  # valid entries
-        return path
-
-    return write
+    return registry_entry(name, f"{name}.pth", url, **{
+        "title": f"Tiny {name}", "sha256": DIGEST, "top1": 70.5, **extra})
 
 
 SCRIPT = """
@@ -108,15 +66,11 @@ def _buttons(at) -> list[str]:
     return [b.key for b in at.button]
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
 def test_fetch_success_shows_the_file_and_drops_the_entry(
-    server: str, tmp_path: Path, use_registry
+    http_server: str, tmp_path: Path, use_registry
 ) -> None:
-    use_registry(_entry("tiny", f"{server}/tiny.pth"),
-                 _entry("other", f"{server}/tiny.pth", licence="Apache-2.0", size_mb=97.8))
+    use_registry(_entry("tiny", f"{http_server}/tiny.pth"),
+                 _entry("other", f"{http_server}/tiny.pth", licence="Apache-2.0", size_mb=97.8))
     folder = tmp_path / "ckpts"
     at = _app(folder)
     assert _buttons(at) == ["fetch_tiny", "fetch_other"]
@@ -127,7 +81,7 @@ def test_fetch_success_shows_the_file_and_drops_the_entry(
     at.button(key="fetch_tiny").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert (folder / "tiny.pth").read_bytes() == PAYLOAD
-    assert _files(folder) == ["tiny.pth"]  # no .part temp file left behind
+    assert file_names(folder) == ["tiny.pth"]  # no .part temp file left behind
     assert [s.value for s in at.success] == [
         f"Fetched Tiny tiny: saved and verified as {folder / 'tiny.pth'}."]
     assert at.session_state["fetched"] == 1  # the app's cache was told, once
@@ -137,8 +91,8 @@ def test_fetch_success_shows_the_file_and_drops_the_entry(
     assert _buttons(at) == ["fetch_other"] and not at.success and not at.exception
 
 
-def test_all_present_is_one_line(server: str, tmp_path: Path, use_registry) -> None:
-    use_registry(_entry("tiny", f"{server}/tiny.pth"))
+def test_all_present_is_one_line(http_server: str, tmp_path: Path, use_registry) -> None:
+    use_registry(_entry("tiny", f"{http_server}/tiny.pth"))
     folder = tmp_path / "ckpts"
     folder.mkdir()
     (folder / "tiny.pth").write_bytes(PAYLOAD)
@@ -162,13 +116,13 @@ def _failed_fetch(folder: Path, caplog: pytest.LogCaptureFixture):
 
 
 def test_hash_mismatch_is_one_error_and_writes_nothing(
-    server: str, tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture
+    http_server: str, tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    use_registry(_entry("tiny", f"{server}/wrong.pth"))
+    use_registry(_entry("tiny", f"{http_server}/wrong.pth"))
     folder = tmp_path / "ckpts"
     at, error = _failed_fetch(folder, caplog)
     assert "sha256 mismatch" in error
-    assert _files(folder) == []
+    assert file_names(folder) == []
     assert at.session_state["fetched"] == 0 and _buttons(at) == ["fetch_tiny"]
 
 
@@ -181,14 +135,14 @@ def test_offline_names_the_url_and_the_folder(
     _, error = _failed_fetch(folder, caplog)
     assert "cannot reach the server" in error
     assert f"download {url} by hand and save it as {folder / 'tiny.pth'}" in error
-    assert _files(folder) == []
+    assert file_names(folder) == []
 
 
 def test_redistributable_only_gives_the_reason_instead_of_a_button(
-    server: str, tmp_path: Path, use_registry
+    http_server: str, tmp_path: Path, use_registry
 ) -> None:
-    use_registry(_entry("tiny", f"{server}/tiny.pth"),
-                 _entry("closed", f"{server}/tiny.pth", redistributable=False,
+    use_registry(_entry("tiny", f"{http_server}/tiny.pth"),
+                 _entry("closed", f"{http_server}/tiny.pth", redistributable=False,
                         licence="none published"))
     at = _app(tmp_path / "ckpts", closed_only=True)
     assert _buttons(at) == ["fetch_tiny"]

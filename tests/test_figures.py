@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from helpers import image_size
 from PIL import Image
 
 from simam_viz import figures
@@ -38,10 +39,6 @@ CAM = RNG.random((32, 40)).astype(np.float32)
 ATT = (0.5 + 0.4 * RNG.random((4, 5))).astype(np.float32)  # SimAM-like, feature resolution
 CH_MAPS = RNG.random((6, 3, 3)).astype(np.float32)
 JET_AT_0 = np.array([0.0, 0.0, 127.5])  # jet starts at dark blue (0, 0, 0.5)
-
-
-def _size(png: bytes) -> tuple[int, int]:
-    return Image.open(io.BytesIO(png)).size
 
 
 def _pixels(inches: float, dpi: float) -> int:
@@ -186,7 +183,7 @@ def test_png_sizes_follow_the_formula(dpi: int) -> None:
     for fig, width, height in cases:
         expected = (_pixels(width, dpi), _pixels(height + TOP, dpi))
         assert png_size(fig, dpi=dpi) == expected
-        assert _size(figure_to_png(fig, dpi=dpi)) == expected
+        assert image_size(figure_to_png(fig, dpi=dpi)) == expected
 
 
 def test_png_size_truncates_like_matplotlib() -> None:
@@ -264,7 +261,7 @@ def test_save_png_writes_and_closes(tmp_path: Path) -> None:
     fig = _fig6()
     expected = png_size(fig, dpi=50)
     path = save_png(fig, tmp_path / "f6.png", dpi=50)
-    assert path == tmp_path / "f6.png" and _size(path.read_bytes()) == expected
+    assert path == tmp_path / "f6.png" and image_size(path.read_bytes()) == expected
     assert fig.axes == []  # cleared: nothing left holding the arrays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f6.png"]  # no temp file left
     plain = tmp_path / "plain"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO_ARCHS
 
 from simam_viz import build_model
 from simam_viz.analysis import analyze
@@ -15,7 +16,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 def test_resolve_device_without_gpu_is_clear() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in {"cpu", "cuda"}
+    # "auto" is the GPU exactly when there is one
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(DeviceError, match="unknown device"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
@@ -25,7 +27,7 @@ def test_resolve_device_without_gpu_is_clear() -> None:
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("arch", ["resnet50", "se_resnet50", "simam_resnet50"])
+@pytest.mark.parametrize("arch", DEMO_ARCHS)
 def test_cuda_matches_cpu(arch: str) -> None:
     torch.manual_seed(0)
     cpu_model = build_model(arch, num_classes=10)

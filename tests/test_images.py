@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line
 from PIL import Image, ImageFile, features
 
 from simam_viz.errors import ImageError
@@ -79,9 +80,7 @@ def _fits() -> bytes:
 def _one_line(exc: pytest.ExceptionInfo[ImageError]) -> str:
     """The message, checked to be what a user can be shown as-is."""
     assert type(exc.value) is ImageError
-    message = str(exc.value)
-    assert message and "\n" not in message and len(message) <= 100, message
-    return message
+    return one_line(exc, limit=100)
 
 
 # ---- hostile input ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO_ARCHS
 from PIL import Image
 
 from simam_viz import cli, load_model
@@ -117,7 +118,7 @@ def test_init_starts_from_an_earlier_run(tiny_data: Path, tmp_path: Path) -> Non
         train(_cfg(tiny_data, tmp_path / "c", init=str(tmp_path / "missing"), max_steps=1))
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "se_resnet50", "simam_resnet50"])
+@pytest.mark.parametrize("arch", DEMO_ARCHS)
 def test_zero_init_residual_makes_every_block_start_as_its_shortcut(arch: str) -> None:
     """With the last BN's scale at zero, a block computes relu(shortcut(x)), whatever x is."""
     torch.manual_seed(0)

@@ -1,0 +1,75 @@
+"""Fixtures shared by the test modules.
+
+The plain helpers and constants they are built on (tiny models, hook counters, app paths,
+registry entries) are in ``helpers.py``; the throwaway HTTP server is in ``localhttp.py``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from helpers import demo_or_tiny_checkpoints, save_tiny_checkpoints
+from localhttp import local_server, routes_handler
+
+from simam_viz.registry import load_registry
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoints folder with three untrained tiny demo models (``demo/<arch>``), classes
+    ``helpers.CLASSES``, 64 px: what the app tests serve. One folder per test module."""
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("tiny_checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped demo models, or the tiny ones where they are absent: what the
+    browser tests start a server on."""
+    return demo_or_tiny_checkpoints(tmp_path_factory.mktemp("demo_checkpoints"))
+
+
+# ---- a checkpoint registry --------------------------------------------------------------------
+
+
+@pytest.fixture
+def use_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """``use_registry(*entries)`` writes a registry file of those entries (dicts, see
+    ``helpers.registry_entry``), points ``SIMAM_VIZ_REGISTRY`` at it and returns its path."""
+
+    def write(*entries: dict) -> Path:
+        path = tmp_path / "registry.json"
+        path.write_text(json.dumps({"format": "simam-viz-registry", "version": 1,
+                                    "entries": list(entries)}), encoding="utf-8")
+        monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(path))
+        assert set(load_registry()) == {e["name"] for e in entries}  # valid, and the one used
+        return path
+
+    return write
+
+
+# ---- a local HTTP server ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http_routes() -> Mapping[str, bytes]:
+    """What ``http_server`` answers: path -> body. A module overrides this fixture (or
+    ``http_handler``) with its own routes; every other path is a 404."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def http_handler(http_routes: Mapping[str, bytes]) -> type[http.server.BaseHTTPRequestHandler]:
+    return routes_handler(http_routes)
+
+
+@pytest.fixture(scope="module")
+def http_server(http_handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` answering with ``http_handler``, for the whole module."""
+    with local_server(http_handler) as url:
+        yield url
