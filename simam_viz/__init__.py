@@ -33,7 +33,9 @@ if TYPE_CHECKING:
         SimamVizError,
     )
     from simam_viz.models import ARCHS, BLOCKS, ModelInfo, build_model, model_info
+    from simam_viz.neuron import explain_neuron
     from simam_viz.preprocess import Preprocessing, imagenet_classes
+    from simam_viz.trust import faithfulness, sanity_check
 
 _LAZY: dict[str, str] = {
     "analyze": "simam_viz.analysis",
@@ -57,6 +59,9 @@ _LAZY: dict[str, str] = {
     "model_info": "simam_viz.models",
     "Preprocessing": "simam_viz.preprocess",
     "imagenet_classes": "simam_viz.preprocess",
+    "faithfulness": "simam_viz.trust",
+    "sanity_check": "simam_viz.trust",
+    "explain_neuron": "simam_viz.neuron",
 }
 
 
@@ -95,9 +100,12 @@ __all__ = [
     "__version__",
     "analyze",
     "build_model",
+    "explain_neuron",
+    "faithfulness",
     "identify_checkpoint",
     "imagenet_classes",
     "load_model",
     "model_info",
+    "sanity_check",
     "save_checkpoint",
 ]

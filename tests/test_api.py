@@ -104,3 +104,12 @@ def test_the_library_logs_and_never_prints(tmp_path, capsys, caplog) -> None:
     assert any(name == "simam_viz.analysis"
                and text.startswith("analysed resnet50.safetensors: gradcam")
                for name, text in messages)
+
+
+def test_trust_and_neuron_functions_at_the_top_level() -> None:
+    import simam_viz.neuron
+    import simam_viz.trust
+
+    assert simam_viz.faithfulness is simam_viz.trust.faithfulness
+    assert simam_viz.sanity_check is simam_viz.trust.sanity_check
+    assert simam_viz.explain_neuron is simam_viz.neuron.explain_neuron
