@@ -73,3 +73,20 @@ def http_server(http_handler: type[http.server.BaseHTTPRequestHandler]) -> Itera
     """``http://127.0.0.1:PORT`` answering with ``http_handler``, for the whole module."""
     with local_server(http_handler) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _library_logging_unconfigured():
+    """Each test starts with the ``simam_viz`` logger as a user's program finds it.
+
+    The app and the CLI install a stderr handler (``simam_viz.logs.setup_logging``); left in
+    place, it would make later tests' library records appear on their captured stderr.
+    """
+    import logging
+
+    yield
+    logger = logging.getLogger("simam_viz")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_simam_viz_handler", False):
+            logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
