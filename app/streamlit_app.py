@@ -11,6 +11,7 @@ are built when clicked. Views get their data as arguments, never from another vi
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 import tempfile
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # app/ modules (fetch_
 from fetch_panel import fetch_panel  # noqa: E402
 from logs import setup_logging  # noqa: E402
 from paths import DEFAULT_EXAMPLE, EXAMPLES  # noqa: E402
+from trust_view import TrustCheck, finished_checks, view_trust  # noqa: E402
+from widgets import DEFAULT_STAGE, choose_block, default_index, kept, remember  # noqa: E402
 
 from simam_viz import catalog, charts, figures  # noqa: E402
 from simam_viz.analysis import Analysis  # noqa: E402
@@ -44,7 +47,7 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma"]
 LAMBDAS = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0]
 TOP1 = "Each model's top-1"
-VIEWS = ["Compare models", "Inside SimAM", "Channels", "Export", "About"]
+VIEWS = ["Compare models", "Inside SimAM", "Channels", "Trust", "Export", "About"]
 BLOCKS = [f"layer{s + 1}.{b}" for s, n in enumerate(STAGE_BLOCKS) for b in range(n)]
 LAST_BLOCK = BLOCKS[-1]
 
@@ -361,39 +364,6 @@ def view_compare(results: Sequence[Analysis], pics: Pictures) -> None:
         st.warning("The models disagree on the top-1 class: " + ", ".join(sorted(tops)))
 
 
-def _remember(key: str) -> None:
-    st.session_state[f"_keep_{key}"] = st.session_state[key]
-
-
-def _kept(key: str, default):
-    """Restore a widget's value after a view that did not show it (Streamlit drops it)."""
-    if key not in st.session_state:
-        st.session_state[key] = st.session_state.get(f"_keep_{key}", default)
-
-
-DEFAULT_STAGE = 4
-
-
-def _default_index(stage: int) -> int:
-    """A stage's last block: where the paper's Figure 6 looks (layer4.2 for stage 4)."""
-    return STAGE_BLOCKS[stage - 1] - 1
-
-
-def choose_block() -> str:
-    """Stage and block pickers, shared by the SimAM and Channels views (state survives)."""
-    c1, c2 = st.columns(2)
-    _kept("stage", DEFAULT_STAGE)
-    # radio, not a select box: one click is the change (a drop-down costs a second step and
-    # ~100 ms of its own before the rerun is even sent)
-    stage = c1.radio("Stage", [1, 2, 3, 4], key="stage", horizontal=True, on_change=_remember,
-                     args=("stage",))
-    key = f"block{stage}"
-    _kept(key, _default_index(stage))
-    index = c2.select_slider("Block", list(range(STAGE_BLOCKS[stage - 1])), key=key,
-                             on_change=_remember, args=(key,))
-    return f"layer{stage}.{index}"
-
-
 def view_simam(results: Sequence[Analysis], pics: Pictures, simam: int | None,
                block: str) -> None:
     st.subheader("Inside SimAM (the paper's Figure 6)")
@@ -440,14 +410,15 @@ def view_channels(results: Sequence[Analysis], simam: int | None, se: int | None
 @st.fragment
 def top_channels(weights: np.ndarray, means: np.ndarray) -> None:
     """The top-k slider and its chart: a top-k change redraws this chart only, not the bars."""
-    _kept("topk", min(8, len(means)))
-    k = st.slider("Top-k channels", 1, min(16, len(means)), key="topk", on_change=_remember,
+    kept("topk", min(8, len(means)))
+    k = st.slider("Top-k channels", 1, min(16, len(means)), key="topk", on_change=remember,
                   args=("topk",))
     st.plotly_chart(charts.channel_maps(weights, means, top_k=k), width="stretch")
 
 
 def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, block: str,
-                simam: int | None, data_sha: str, name: str) -> None:
+                simam: int | None, data_sha: str, name: str,
+                checks: Sequence[TrustCheck] = ()) -> None:
     st.subheader("Export")
     stem = Path(name).stem or "image"
     st.markdown("**Panels (PNG, native resolution)**")
@@ -474,8 +445,11 @@ def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, bl
         c2.download_button("Figure 6 (PNG)", lambda: _composite(results, request, "figure6"),
                            f"{stem}_figure6.png", "image/png", key="dl_fig6")
     c3.download_button("All figures + manifest + arrays (zip)",
-                       lambda: _zip(results, models, request, stem, data_sha),
+                       lambda: _zip(results, models, request, stem, data_sha, checks, style),
                        f"{stem}_simam_viz.zip", "application/zip", key="dl_zip")
+    if checks:
+        st.caption(f"The zip also holds {len(checks)} trust check(s) of the Trust view "
+                   "(PNG + JSON each).")
 
 
 def _composite(results, request: ExportRequest, prefix: str) -> bytes:
@@ -484,39 +458,44 @@ def _composite(results, request: ExportRequest, prefix: str) -> bytes:
     return figures.figure_to_png(figs[name], dpi=300)
 
 
-def _zip(results, models, request: ExportRequest, stem: str, sha: str) -> bytes:
+def _zip(results, models, request: ExportRequest, stem: str, sha: str,
+         checks: Sequence[TrustCheck] = (), style: dict | None = None) -> bytes:
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp:
         files = write_exports(results, models, request, Path(tmp), stem, sha, npz=True)
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in files + sorted(Path(tmp).glob("*.json")):
                 zf.write(path, path.name)
+            for check in checks:
+                zf.writestr(f"{stem}_{check.stem}.png", check.png(style or {}))
+                zf.writestr(f"{stem}_{check.stem}.json", json.dumps(
+                    check.report(image_sha256=sha), indent=2, default=str))
     return buf.getvalue()
 
 
 @st.fragment
 def explore(results: list[Analysis], keys: list[str], models, opts: dict, data_sha: str,
-            name: str) -> None:
+            name: str, data: bytes) -> None:
     """Display settings and the open view; every widget here reruns only this fragment.
 
     A fragment rerun does not pass through ``main``'s error handling, so it has its own.
     """
-    guarded(lambda: _explore(results, keys, models, opts, data_sha, name))
+    guarded(lambda: _explore(results, keys, models, opts, data_sha, name, data))
 
 
 def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_sha: str,
-             name: str) -> None:
+             name: str, data: bytes) -> None:
     c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
-    _kept("colormap", COLORMAPS[0])
-    _kept("alpha", 0.5)
-    _kept("shared", False)
+    kept("colormap", COLORMAPS[0])
+    kept("alpha", 0.5)
+    kept("shared", False)
     style = {
-        "colormap": c1.selectbox("Colour map", COLORMAPS, key="colormap", on_change=_remember,
+        "colormap": c1.selectbox("Colour map", COLORMAPS, key="colormap", on_change=remember,
                                  args=("colormap",)),
         "alpha": c2.slider("Overlay alpha", 0.0, 1.0, step=0.05, key="alpha",
-                           on_change=_remember, args=("alpha",)),
+                           on_change=remember, args=("alpha",)),
         "shared": c3.checkbox("One colour scale for all models", key="shared",
-                              on_change=_remember, args=("shared",)),
+                              on_change=remember, args=("shared",)),
     }
     pics = Pictures(results, keys, style)
     simam = next((i for i, r in enumerate(results) if r.arch == "simam_resnet50"), None)
@@ -536,17 +515,21 @@ def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_
             view_channels(results, simam, se, block)
     with tabs[3]:
         if tabs[3].open:
-            view_export(results, models, style, opts, _export_block(simam), simam, data_sha,
-                        name)
+            view_trust(results, models, keys, lambda: decoded(data_sha, data), choose_block(),
+                       opts["method"], style)
     with tabs[4]:
         if tabs[4].open:
+            view_export(results, models, style, opts, _export_block(simam), simam, data_sha,
+                        name, finished_checks(keys))
+    with tabs[5]:
+        if tabs[5].open:
             st.markdown(ABOUT)
 
 
 def _export_block(simam: int | None) -> str:
     """The block the SimAM/Channels views last showed (their stage and block pickers)."""
     stage = st.session_state.get("_keep_stage", DEFAULT_STAGE)
-    index = st.session_state.get(f"_keep_block{stage}", _default_index(stage))
+    index = st.session_state.get(f"_keep_block{stage}", default_index(stage))
     return f"layer{stage}.{index}" if simam is not None else LAST_BLOCK
 
 
@@ -578,7 +561,7 @@ def main() -> None:
     shown_name = name.replace("`", "'")
     st.caption(f"Image: `{shown_name}`")
     show_timings(results, device)
-    explore(res, keys, models, opts, sha, name)
+    explore(res, keys, models, opts, sha, name, data)
 
 
 def guarded(body: Callable[[], None]) -> None:

@@ -19,9 +19,9 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,21 +61,22 @@ class AnalysisKey:
 
 
 class ResultCache:
-    """A small thread-safe LRU of analyses (each holds a few MB of float32 maps)."""
+    """A small thread-safe LRU of analyses (each holds a few MB of float32 maps) and of the
+    other model work the app caches (trust checks, SimAM recordings), under hashable keys."""
 
     def __init__(self, capacity: int = 24) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[AnalysisKey, Analysis] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: AnalysisKey) -> Analysis | None:
+    def get(self, key: Hashable) -> Any:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: AnalysisKey, value: Analysis) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -103,7 +105,7 @@ class Service:
             os.environ.get("SIMAM_VIZ_BUSY_WAIT_S", "5"))
         self.cache = ResultCache(cache_size)
         self.analyze_fn: Callable[..., Analysis] = analyze  # replaceable for fault injection
-        self._inflight: dict[AnalysisKey, threading.Event] = {}
+        self._inflight: dict[Hashable, threading.Event] = {}
         self._inflight_lock = threading.Lock()
 
     def analysis(
@@ -112,11 +114,32 @@ class Service:
         model: nn.Module,
         image: Image.Image,
     ) -> tuple[Analysis, bool]:
-        """The cached analysis for ``key`` or a fresh one; ``(result, was_cached)``.
+        """The cached analysis for ``key`` or a fresh one (all 16 blocks); ``(result, was_cached)``.
 
         Identical requests in flight at once run once (single flight): the start-up warm-up
-        and a first visitor, or two sessions with the same image, share one pass. The
-        others wait for it and get it as cached.
+        and a first visitor, or two sessions with the same image, share one pass.
+        """
+        def work() -> Analysis:
+            start = time.perf_counter()
+            result = self.analyze_fn(model, image, target=key.target, blocks="all",
+                                     method=key.method, simam_lambda=key.simam_lambda)
+            result.timings["total"] = time.perf_counter() - start
+            LOG.info("analysis ran: model=%s target=%s method=%s lambda=%s device=%s %.0f ms",
+                     key.model_key, key.target, key.method, key.simam_lambda, key.device,
+                     result.timings["total"] * 1000)
+            return result
+
+        return self.compute(key, work, what="analysis")
+
+    def compute(self, key: Hashable, work: Callable[[], T], *, what: str = "analysis"
+                ) -> tuple[T, bool]:
+        """``work()``'s result, cached under ``key``; ``(result, was_cached)``.
+
+        Any model work the app does (analyses, trust checks, SimAM recordings) goes through
+        here, so all of it shares one concurrency bound and one LRU: a slow sanity check
+        takes a slot like an analysis does, and cannot starve other sessions beyond that.
+        Identical keys in flight at once run once; the others wait and get it as cached.
+        ``what`` names the work in a failure's message.
         """
         cached = self.cache.get(key)
         if cached is not None:
@@ -130,26 +153,20 @@ class Service:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached, True
-            return self._run(key, model, image), False  # the first one failed: try ourselves
+            return self._run(key, work, what), False  # the first one failed: try ourselves
         try:
-            return self._run(key, model, image), False
+            return self._run(key, work, what), False
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
             mine.set()
 
-    def _run(self, key: AnalysisKey, model: nn.Module, image: Image.Image) -> Analysis:
-        """One bounded analysis (all 16 blocks), cached on success."""
+    def _run(self, key: Hashable, work: Callable[[], T], what: str) -> T:
+        """One bounded piece of model work, cached on success."""
         if not self._slots.acquire(timeout=self.wait_s):
             raise BusyError("the server is busy with other analyses; please retry in a moment")
         try:
-            start = time.perf_counter()
-            result = self.analyze_fn(model, image, target=key.target, blocks="all",
-                                     method=key.method, simam_lambda=key.simam_lambda)
-            result.timings["total"] = time.perf_counter() - start
-            LOG.info("analysis ran: model=%s target=%s method=%s lambda=%s device=%s %.0f ms",
-                     key.model_key, key.target, key.method, key.simam_lambda, key.device,
-                     result.timings["total"] * 1000)
+            result = work()
         except torch.cuda.OutOfMemoryError as exc:
             # the traceback's frames still hold the failed pass's tensors (activations,
             # graph); drop them first, or empty_cache has nothing to give back
@@ -163,7 +180,7 @@ class Service:
         except SimamVizError:
             raise
         except Exception as exc:  # an engine bug must not take the session down
-            raise ServiceError(f"analysis failed ({type(exc).__name__}: {exc})"[:200]) from exc
+            raise ServiceError(f"{what} failed ({type(exc).__name__}: {exc})"[:200]) from exc
         finally:
             self._slots.release()
         self.cache.put(key, result)

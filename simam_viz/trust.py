@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +125,11 @@ def _check_request(model: nn.Module, block: str, where: str) -> None:
         )
 
 
+def _report(progress: Callable[[float], None] | None, done: float) -> None:
+    if progress is not None:
+        progress(done)
+
+
 def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise AnalysisError(f"seed must be a non-negative integer, got {seed!r}")
@@ -139,6 +144,8 @@ def faithfulness(
     where: str = "output",
     method: str = "gradcam",
     seed: int = 0,
+    simam_lambda: float | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Faithfulness scores of the map ``analyze`` gives for (block, where, method) and target.
 
@@ -162,7 +169,11 @@ def faithfulness(
     ``probability``
         the target's probability on the unperturbed input.
 
-    plus ``target``, ``target_name``, ``block``, ``where``, ``method`` and ``seed``. Values are
+    plus ``target``, ``target_name``, ``block``, ``where``, ``method`` and ``seed``.
+    ``simam_lambda`` sets SimAM's lambda for this call only, as for ``analyze`` (every
+    forward pass here uses it). ``progress``, if given, is called with the fraction done (0-1)
+    after each stage, so a UI
+    can show a progress bar without knowing the stages. Values are
     Python floats and lists, so the dict serialises to JSON as it is. The model's lock is held
     while it runs and its state is restored as ``analyze`` restores it.
     """
@@ -172,22 +183,27 @@ def faithfulness(
     start = time.perf_counter()
     device = next(model.parameters()).device
     x, _ = _prepare_input(image, info, device)
-    analysis = analyze(model, x, target=target, blocks=(block,), method=method)
+    analysis = analyze(model, x, target=target, blocks=(block,), method=method,
+                       simam_lambda=simam_lambda)
     cam = analysis.cam(block, where)
     chosen = analysis.target
     targets = [ClassifierOutputSoftmaxTarget(chosen)]
     cams = cam[None]
     with (
         model_lock(model),
-        _analysis_state(model, None),
+        _analysis_state(model, simam_lambda),
         torch.no_grad(),
         _private_rng(torch.device("cpu"), seed),  # ROAD's imputation noise is drawn on the CPU
     ):
+        _report(progress, 0.1)
         road = ROADCombined(percentiles=list(ROAD_PERCENTILES))(x, cams, targets, model)
+        _report(progress, 0.5)
         drop = DropInConfidence()(x, cams, targets, model)
         increase = IncreaseInConfidence()(x, cams, targets, model)
         probability = float(_probabilities(model, x, chosen)[0])
+        _report(progress, 0.6)
         fractions, deletion, insertion = _rise_curves(model, x, cam, chosen)
+        _report(progress, 1.0)
     logger.debug("faithfulness of %s/%s took %.2f s", block, where, time.perf_counter() - start)
     return {
         "target": chosen,
@@ -346,6 +362,8 @@ def sanity_check(
     where: str = "output",
     method: str = "gradcam",
     seed: int = 0,
+    simam_lambda: float | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> list[SanityStep]:
     """Cascading model-parameter randomization (Adebayo et al. 2018) of one map.
 
@@ -366,6 +384,9 @@ def sanity_check(
     Returns one :class:`SanityStep` per part. Randomised models often give a flat map; its
     Spearman and HOG similarity are then NaN (see :func:`compare_maps`). The reference map
     itself is ``analyze(model, image, target=..., blocks=(block,), method=method)``'s.
+    ``simam_lambda`` sets SimAM's lambda for this call only, for the trained model and every
+    randomised copy. ``progress``, if given, is called with the fraction done (0-1) after
+    every step.
     """
     info = model_info(model)
     _check_request(model, block, where)
@@ -373,7 +394,8 @@ def sanity_check(
     start = time.perf_counter()
     device = next(model.parameters()).device
     x, _ = _prepare_input(image, info, device)
-    reference = analyze(model, x, target=target, blocks=(block,), method=method)
+    reference = analyze(model, x, target=target, blocks=(block,), method=method,
+                        simam_lambda=simam_lambda)
     ref_cam = reference.cam(block, where)
     chosen = reference.target
     with model_lock(model):  # no other call's hooks or lambda are on it while it is copied
@@ -383,9 +405,9 @@ def sanity_check(
         with _private_rng(device, _step_seed(int(seed), index)):
             for name in _PARTS.get(layer, (layer,)):
                 _reinitialise(randomised.get_submodule(name))
-        cam = analyze(randomised, x, target=chosen, blocks=(block,), method=method).cam(
-            block, where
-        )
+        cam = analyze(randomised, x, target=chosen, blocks=(block,), method=method,
+                      simam_lambda=simam_lambda).cam(block, where)
         steps.append(SanityStep(layer=layer, cam=cam, **compare_maps(ref_cam, cam)))
+        _report(progress, (index + 1) / len(SANITY_LAYERS))
     logger.debug("sanity check of %s/%s took %.2f s", block, where, time.perf_counter() - start)
     return steps

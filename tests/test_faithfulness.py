@@ -294,3 +294,32 @@ def test_caller_model_and_global_rng_are_untouched() -> None:
     _assert_same(before, after)
     assert torch.equal(rng, torch.get_rng_state())
     assert scores["where"] == "after" and len(steps) == 18
+
+
+def test_lambda_override_applies_to_every_pass_and_is_undone() -> None:
+    """``simam_lambda`` is the analysis's lambda for every forward pass of both checks (the
+    app checks the map it shows, at the sidebar's lambda), and the model keeps its own."""
+    from simam_viz.attention import SimAM
+
+    model = _toy(3, "simam_resnet50")
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    before = _snapshot(model)
+    at_two = faithfulness(model, x, simam_lambda=2.0, block="layer3.1")
+    _assert_same(before, _snapshot(model))
+    shifted = copy.deepcopy(model).eval()
+    for m in shifted.modules():
+        if isinstance(m, SimAM):
+            m.e_lambda = 2.0
+    target = at_two["target"]
+    assert at_two["probability"] == pytest.approx(_softmax(shifted, x, target), abs=1e-6)
+    assert at_two["probability"] != pytest.approx(_softmax(model.eval(), x, target), abs=1e-6)
+    reference = analyze(shifted, x, target=target, blocks=("layer3.1",)).cam("layer3.1")
+    assert np.allclose(
+        analyze(model, x, target=target, blocks=("layer3.1",), simam_lambda=2.0).cam("layer3.1"),
+        reference)
+    progress: list[float] = []
+    steps = sanity_check(model, x, target=target, block="layer3.1", simam_lambda=2.0,
+                         progress=progress.append)
+    assert progress == [(i + 1) / len(SANITY_LAYERS) for i in range(len(SANITY_LAYERS))]
+    assert len(steps) == len(SANITY_LAYERS)
+    _assert_same(before, _snapshot(model))

@@ -1,0 +1,164 @@
+"""The Trust view: how far the map on screen can be believed (faithfulness + sanity check).
+
+A check costs one to three seconds of model work, so it runs only when asked (a button),
+shows a progress bar, and goes through the shared service: it takes one of the server's
+concurrency slots like an analysis, runs once when two sessions ask together, and is cached
+by the analysis key plus (block, map, method). A check already in the cache is shown at
+once, without a button. Everything drawn is a pure function of the cached result
+(``simam_viz.trust_figures``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+from torch import nn
+from widgets import kept, remember
+
+from simam_viz import figures, trust_figures
+from simam_viz.analysis import Analysis, analyze
+from simam_viz.cam_methods import METHODS
+from simam_viz.service import shared_service
+from simam_viz.trust import SANITY_SCORES, SanityStep, faithfulness, sanity_check
+
+__all__ = ["TrustCheck", "trust_key", "view_trust"]
+
+WHERE_LABELS = {"output": "block output", "before": "before the attention module",
+                "after": "after the attention module", "attention": "SimAM's weights"}
+
+
+@dataclass(frozen=True, eq=False)
+class TrustCheck:
+    """One finished check: what was checked, its scores and its cascade."""
+
+    model_name: str
+    block: str
+    where: str
+    method: str
+    faith: dict[str, Any]
+    steps: list[SanityStep]
+    image: np.ndarray
+    reference: np.ndarray
+
+    @property
+    def stem(self) -> str:
+        return f"trust_{self.model_name}_{self.block}_{self.where}_{self.method}".replace(
+            " ", "-")
+
+    def report(self, **context: Any) -> dict[str, Any]:
+        return trust_figures.report(self.faith, self.steps, model=self.model_name, **context)
+
+    def png(self, style: dict) -> bytes:
+        fig = trust_figures.trust_figure(
+            self.image, self.reference, self.faith, self.steps,
+            title=f"{self.model_name}: {self.block} {WHERE_LABELS[self.where]}, {self.method}",
+            colormap=style["colormap"], alpha=style["alpha"])
+        return figures.figure_to_png(fig, dpi=150)
+
+
+def trust_key(analysis_key: str, block: str, where: str, method: str) -> tuple[str, ...]:
+    """The cache key of a check: it depends on everything the analysis does, plus the map."""
+    return ("trust", analysis_key, block, where, method)
+
+
+def run_check(model: nn.Module, image: Image.Image, result: Analysis, block: str, where: str,
+              method: str, progress: Callable[[float], None]) -> TrustCheck:
+    """Faithfulness then the cascade, for the class and lambda the analysis explains."""
+    settings = {"target": result.target, "block": block, "where": where, "method": method,
+                "simam_lambda": result.simam_lambda}
+    faith = faithfulness(model, image, **settings, progress=lambda f: progress(0.4 * f))
+    steps = sanity_check(model, image, **settings, progress=lambda f: progress(0.4 + 0.6 * f))
+    if method == result.method:  # the map on screen is the check's reference
+        reference = result.cam(block, where)
+    else:
+        reference = analyze(model, image, target=result.target, blocks=(block,), method=method,
+                            simam_lambda=result.simam_lambda).cam(block, where)
+    return TrustCheck(result.model_name, block, where, method, faith, steps, result.image,
+                      reference)
+
+
+def finished_checks(keys: Sequence[str]) -> list[TrustCheck]:
+    """Checks this session ran for the current analyses that are still cached (for export)."""
+    service = shared_service()
+    found = []
+    for key in st.session_state.get("_trust_keys", []):
+        if key[1] in keys:
+            check = service.cache.get(key)
+            if check is not None:
+                found.append(check)
+    return found
+
+
+def view_trust(results: Sequence[Analysis], models: Sequence[nn.Module], keys: Sequence[str],
+               image: Callable[[], Image.Image], block: str, default_method: str,
+               style: dict) -> None:
+    """Pick a model, map and method; check on demand; show scores, curves and the cascade."""
+    st.subheader("Can this map be trusted?")
+    names = [r.model_name for r in results]
+    kept("trust_model", 0)
+    if st.session_state["trust_model"] >= len(results):
+        st.session_state["trust_model"] = 0
+    c1, c2, c3 = st.columns(3)
+    i = c1.selectbox("Model", range(len(results)), format_func=names.__getitem__,
+                     key="trust_model", on_change=remember, args=("trust_model",))
+    result, model = results[i], models[i]
+    wheres = [w for w in result.wheres(block)]
+    kept("trust_where", "output")
+    if st.session_state["trust_where"] not in wheres:
+        st.session_state["trust_where"] = "output"
+    where = c2.selectbox("Map", wheres, format_func=WHERE_LABELS.__getitem__, key="trust_where",
+                         on_change=remember, args=("trust_where",))
+    kept("trust_method", default_method)
+    method = c3.selectbox("CAM method", list(METHODS), key="trust_method", on_change=remember,
+                          args=("trust_method",))
+    key = trust_key(keys[i], block, where, method)
+    st.caption(f"{result.model_name} · {block} · {WHERE_LABELS[where]} · {method} · explaining "
+               f"'{result.target_name}'. Perturbs the input where the map points "
+               "(faithfulness) and re-initialises the model's layers from the logits down "
+               "(sanity check, Adebayo et al. 2018).")
+    service = shared_service()
+    check = service.cache.get(key)
+    if check is None:
+        if not st.button("Check this map", key="trust_run", type="primary"):
+            st.info("About 2-5 s of model work on a CPU; the result is kept for every session.")
+            return
+        bar = st.progress(0.0, text="Checking the map…")
+        check, _ = service.compute(
+            key, lambda: run_check(model, image(), result, block, where, method,
+                                   lambda f: bar.progress(min(1.0, f), text="Checking the map…")),
+            what="trust check")
+        bar.empty()
+    seen = st.session_state.setdefault("_trust_keys", [])
+    if key not in seen:
+        seen.append(key)
+    show_check(check, style)
+
+
+def show_check(check: TrustCheck, style: dict) -> None:
+    """The five scores with meaning and direction, the curves and the cascade."""
+    faith = check.faith
+    cols = st.columns(5)
+    for col, (title, value, direction, meaning) in zip(
+            cols, trust_figures.score_lines(faith), strict=True):
+        col.metric(title, f"{value:.3f}", help=meaning)
+        col.caption(("↑ " if direction.startswith("higher") else "↓ ") + direction)
+    st.caption(f"Target '{faith['target_name']}', probability on the unperturbed input "
+               f"{faith['probability']:.3f}. Hover a score for what it measures.")
+    left, right = st.columns(2)
+    left.plotly_chart(trust_figures.curves_chart(faith), width="stretch")
+    right.plotly_chart(trust_figures.sanity_chart(check.steps), width="stretch")
+    first, last = check.steps[0], check.steps[-1]
+    st.caption(
+        f"Spearman {first.spearman:.2f} after randomising fc, {last.spearman:.2f} with every "
+        "layer randomised (" + SANITY_SCORES["spearman"][1].split(";")[0] + "). A map that "
+        "stays similar while the weights are destroyed explains the image, not the model.")
+    strip = trust_figures.sanity_strip(check.image, check.reference, check.steps,
+                                       colormap=style["colormap"], alpha=style["alpha"])
+    st.image(figures.jpeg_bytes(strip), caption="Cascading randomization: the trained map, "
+             "then the map after each step (cumulative)", width="stretch",
+             output_format="JPEG")
