@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # app/ modules (fetch_
 
 from fetch_panel import fetch_panel  # noqa: E402
 from logs import setup_logging  # noqa: E402
+from neuron_view import view_explain  # noqa: E402
 from paths import DEFAULT_EXAMPLE, EXAMPLES  # noqa: E402
 from trust_view import TrustCheck, finished_checks, view_trust  # noqa: E402
 from widgets import DEFAULT_STAGE, choose_block, default_index, kept, remember  # noqa: E402
@@ -47,7 +48,8 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma"]
 LAMBDAS = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0]
 TOP1 = "Each model's top-1"
-VIEWS = ["Compare models", "Inside SimAM", "Channels", "Trust", "Export", "About"]
+VIEWS = ["Compare models", "Inside SimAM", "Explain SimAM", "Channels", "Trust", "Export",
+         "About"]
 BLOCKS = [f"layer{s + 1}.{b}" for s, n in enumerate(STAGE_BLOCKS) for b in range(n)]
 LAST_BLOCK = BLOCKS[-1]
 
@@ -503,27 +505,31 @@ def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_
     tabs = st.tabs(VIEWS, key="view", on_change="rerun")
     shown = [view for view, tab in zip(VIEWS, tabs, strict=True) if tab.open]
     LOG.debug("render view %s", shown[0] if shown else VIEWS[0])
-    with tabs[0]:
-        if tabs[0].open:
-            view_compare(results, pics)
-    with tabs[1]:
-        if tabs[1].open:
-            view_simam(results, pics, simam, choose_block() if simam is not None else LAST_BLOCK)
-    with tabs[2]:
-        if tabs[2].open:
-            block = choose_block() if (simam is not None or se is not None) else LAST_BLOCK
-            view_channels(results, simam, se, block)
-    with tabs[3]:
-        if tabs[3].open:
-            view_trust(results, models, keys, lambda: decoded(data_sha, data), choose_block(),
-                       opts["method"], style)
-    with tabs[4]:
-        if tabs[4].open:
-            view_export(results, models, style, opts, _export_block(simam), simam, data_sha,
-                        name, finished_checks(keys))
-    with tabs[5]:
-        if tabs[5].open:
-            st.markdown(ABOUT)
+    draw = {
+        "Compare models": lambda: view_compare(results, pics),
+        "Inside SimAM": lambda: view_simam(
+            results, pics, simam, choose_block() if simam is not None else LAST_BLOCK),
+        "Explain SimAM": lambda: _explain(results, models, keys, simam, pics, data_sha, data),
+        "Channels": lambda: view_channels(
+            results, simam, se,
+            choose_block() if (simam is not None or se is not None) else LAST_BLOCK),
+        "Trust": lambda: view_trust(results, models, keys, lambda: decoded(data_sha, data),
+                                    choose_block(), opts["method"], style),
+        "Export": lambda: view_export(results, models, style, opts, _export_block(simam),
+                                      simam, data_sha, name, finished_checks(keys)),
+        "About": lambda: st.markdown(ABOUT),
+    }
+    for view, tab in zip(VIEWS, tabs, strict=True):
+        with tab:
+            if tab.open:
+                draw[view]()
+
+
+def _explain(results, models, keys, simam: int | None, pics: Pictures, data_sha: str,
+             data: bytes) -> None:
+    block = choose_block() if simam is not None else LAST_BLOCK
+    view_explain(results, models, keys, simam, lambda: decoded(data_sha, data), block,
+                 lambda: pics.figure6(simam, block, 2))
 
 
 def _export_block(simam: int | None) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 from simam_viz.errors import SimamVizError
 
 if TYPE_CHECKING:
+    from simam_viz.catalog import CatalogItem
     from simam_viz.registry import RegistryEntry
 
 __all__ = ["COMMANDS", "main"]
@@ -323,6 +324,92 @@ def _figure(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+# ---- explain --------------------------------------------------------------------------------
+
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMG")
+    _block_arg(p)
+    p.add_argument("--channel", type=int, required=True, help="channel of the block's SimAM")
+    p.add_argument("--y", type=int, required=True, help="row of the neuron on the block's grid")
+    p.add_argument("--x", type=int, required=True, help="column of the neuron")
+    p.add_argument("--checkpoint", help="checkpoint key, registry name or path of a SimAM "
+                                        "model (default: the demo SimAM-ResNet-50)")
+    p.add_argument("--lambda", dest="simam_lambda", type=float,
+                   help="SimAM lambda for this forward pass (default: the model's)")
+    p.add_argument("--out", help="also write the panels and the composite as PNG here")
+    p.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+
+
+def _demo_simam() -> CatalogItem:
+    """The demo SimAM model, the only default that can answer ``explain``."""
+    from simam_viz.catalog import available_demo
+
+    for item in available_demo():
+        if item.arch == "simam_resnet50":
+            return item
+    raise SimamVizError("no demo SimAM model found; pass --checkpoint")
+
+
+def _explanation_json(explanation: dict[str, object]) -> dict[str, object]:
+    """The mapping without its h x w arrays (``values``, ``weights``), JSON-ready: tuples as
+    lists, a NaN threshold (w = 0) as null, since JSON has no NaN."""
+    import math
+
+    out = {}
+    for key, value in explanation.items():
+        if key in ("values", "weights"):
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from simam_viz.catalog import load, resolve
+    from simam_viz.devices import resolve_device
+    from simam_viz.images import image_sha256, load_image
+    from simam_viz.models import validate_block
+    from simam_viz.neuron import explain_neuron
+
+    validate_block(args.block)
+    if args.simam_lambda is not None and not args.simam_lambda > 0:
+        raise SimamVizError(f"--lambda must be positive, got {args.simam_lambda}")
+    if args.out and not 30 <= args.dpi <= 1200:
+        raise SimamVizError(f"--dpi must be between 30 and 1200, got {args.dpi}")
+    image = load_image(args.image)  # a bad image fails before a model is loaded
+    item = resolve(args.checkpoint) if args.checkpoint else _demo_simam()
+    model = load(item, str(resolve_device(args.device)))
+    explanation = explain_neuron(model, image, block=args.block, channel=args.channel,
+                                 y=args.y, x=args.x, simam_lambda=args.simam_lambda)
+    result = _explanation_json(explanation)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from simam_viz.export import slug
+        from simam_viz.figures import save_png, write_manifest
+        from simam_viz.neuron_figures import explain_panels
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = (f"{slug(Path(args.image).stem)}_{args.block}_c{args.channel}"
+                f"_y{args.y}_x{args.x}")
+        written = [save_png(fig, out / f"{stem}_{name}.png", dpi=args.dpi)
+                   for name, fig in explain_panels(explanation).items()]
+        written.append(write_manifest(out / f"{stem}.json", {
+            "explanation": result, "image": str(args.image),
+            "image_sha256": image_sha256(Path(args.image).read_bytes()),
+            "checkpoint": item.key, "checkpoint_path": str(item.path), "dpi": args.dpi}))
+        for path in written:  # stderr: stdout stays one JSON document, for pipes
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 # ---- scenes / train --------------------------------------------------------------------------
 
 
@@ -485,6 +572,8 @@ COMMANDS: list[Command] = [
     Command("predict", "top classes of each model for images", _predict_args, _predict),
     Command("figure", "export Figure 1/6, channel and depth figures for images",
             _figure_args, _figure),
+    Command("explain", "why SimAM gave one neuron its weight (energy, Eqns 2, 5, 6) as JSON",
+            _explain_args, _explain),
     Command("scenes", "generate the synthetic emoji scene dataset", _scenes_args, _scenes),
     Command("train", "train ResNet-50 variants identically on an ImageFolder",
             _train_args, _train),

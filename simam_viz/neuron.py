@@ -240,9 +240,12 @@ def explain_from_arrays(
     closed_w, closed_b = (float(v) for v in separating_line(t, mean_others, variance_others, lam))
     paper_w = -closed_w  # Eqn (3) as printed: the opposite sign
     paper_b = -0.5 * (t + mean_others) * paper_w  # Eqn (4) with the printed w
-    threshold = -b_opt / w_opt if w_opt != 0 else float("nan")
-    side_t = np.sign(w_opt * t + b_opt)
-    separated = float(np.mean(np.sign(w_opt * others + b_opt) != side_t)) if side_t else 0.0
+    # Zero crossing and sides from the closed form: when t sits at the others' mean the
+    # least-squares w is rounding noise (~1e-18) and -b/w a meaningless number, while the
+    # closed form's w is exactly 0 (no crossing: NaN, nothing separated).
+    threshold = 0.5 * (t + mean_others) if closed_w != 0 else float("nan")
+    side_t = np.sign(closed_w * t + closed_b)
+    separated = float(np.mean(np.sign(closed_w * others + closed_b) != side_t)) if side_t else 0.0
 
     module_weight = None
     if weights is not None:

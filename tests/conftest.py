@@ -90,3 +90,37 @@ def _library_logging_unconfigured():
         if getattr(handler, "_simam_viz_handler", False):
             logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)
+
+
+# ---- the app's shared service ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_app(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh AppTest session of the page on the tiny models, the shared caches emptied."""
+    from helpers import run_page
+
+    from simam_viz.service import shared_service
+
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tiny_checkpoints))
+    shared_service().cache.clear()
+    at = run_page()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at
+
+
+@pytest.fixture()
+def service_work(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Keys of model work that really ran through the shared service (cache hits do not)."""
+    from simam_viz.service import shared_service
+
+    service = shared_service()
+    ran: list[object] = []
+    original = service._run
+
+    def counted(key, fn, what):
+        ran.append(key)
+        return original(key, fn, what)
+
+    monkeypatch.setattr(service, "_run", counted)
+    return ran

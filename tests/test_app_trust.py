@@ -17,34 +17,9 @@ from helpers import run_page
 
 from simam_viz import load_model, trust_figures
 from simam_viz.images import load_image
-from simam_viz.service import shared_service
 from simam_viz.trust import SANITY_LAYERS, SCORES, faithfulness, sanity_check
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "app" / "examples" / "scene_dog_3.png"
-
-
-@pytest.fixture()
-def app(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tiny_checkpoints))
-    shared_service().cache.clear()
-    at = run_page()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    return at
-
-
-@pytest.fixture()
-def work(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Keys of model work that really ran through the shared service (cache hits do not)."""
-    service = shared_service()
-    ran: list[object] = []
-    original = service._run
-
-    def counted(key, fn, what):
-        ran.append(key)
-        return original(key, fn, what)
-
-    monkeypatch.setattr(service, "_run", counted)
-    return ran
 
 
 def _open_trust(at):
@@ -58,16 +33,18 @@ def _metrics(at) -> dict[str, float]:
     return {m.label: float(m.value) for m in at.metric}
 
 
-def test_trust_view_checks_on_request_with_the_engines_numbers(app, work, tiny_checkpoints):
+def test_trust_view_checks_on_request_with_the_engines_numbers(tiny_app, service_work,
+                                                               tiny_checkpoints):
+    app = tiny_app
     _open_trust(app)
-    assert work == []  # opening the view runs nothing
+    assert service_work == []  # opening the view runs nothing
     assert [b.label for b in app.button if b.key == "trust_run"] == ["Check this map"]
     app.selectbox(key="trust_model").set_value(2).run()  # the SimAM model
     app.selectbox(key="trust_where").set_value("after").run()
-    assert work == []
+    assert service_work == []
     app.button(key="trust_run").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    assert len(work) == 1 and work[0][0] == "trust"
+    assert len(service_work) == 1 and service_work[0][0] == "trust"
 
     model = load_model(tiny_checkpoints / "demo" / "simam_resnet50.safetensors")
     image = load_image(EXAMPLE)
@@ -92,7 +69,7 @@ def test_trust_view_checks_on_request_with_the_engines_numbers(app, work, tiny_c
     other.session_state["trust_model"] = 2
     other.session_state["trust_where"] = "after"
     _open_trust(other)
-    assert len(work) == 1 and not [b for b in other.button if b.key == "trust_run"]
+    assert len(service_work) == 1 and not [b for b in other.button if b.key == "trust_run"]
     assert _metrics(other) == shown
 
     app.session_state["view"] = "Export"

@@ -218,3 +218,47 @@ def test_display_changes_run_no_model_and_only_the_open_view_renders(server: str
     changed(lambda: page.get_by_role("tab", name="About").click(), "About")
     assert page.locator("[data-testid='stPlotlyChart']").count() == 0
     context.close()
+
+
+def _neuron_heading(page) -> str:
+    return page.get_by_text("of channel", exact=False).first.inner_text()
+
+
+def test_explain_simam_click_a_neuron_and_trust_check(server: str, browser) -> None:
+    """Explain SimAM: a real click on the channel map picks that neuron, and the numbers
+    shown are its own; Trust: the button runs the check and the scores and charts appear."""
+    context, page = open_session(browser, server)
+    upload(page, "dog.png", DEFAULT_EXAMPLE.read_bytes())
+    wait_images(page)
+    page.get_by_role("tab", name="Explain SimAM").click()
+    idle(page)
+    charts = page.locator("[data-testid='stPlotlyChart']")
+    charts.nth(3).wait_for(timeout=60_000)  # map, line, curve and the 3-D view
+    _settle(page)
+    first = _neuron_heading(page)
+    # click a point other than the chosen one: the first (neuron (0, 0)) or the last (the
+    # grid's far corner); plotly picks the point from the mouse position, as for a person
+    points = charts.first.locator("g.scatterlayer path.point")
+    points.first.wait_for(timeout=30_000)
+    side = round(points.count() ** 0.5)
+    corner = (0, 0) if not first.startswith("Neuron (0, 0)") else (side - 1, side - 1)
+    box = points.nth(corner[0] * side + corner[1]).bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    idle(page)
+    _settle(page)
+    heading = _neuron_heading(page)
+    assert heading.startswith(f"Neuron ({corner[0]}, {corner[1]}) of channel"), (first, heading)
+    assert page.locator(".katex").count() >= 4  # Eqns (5), (6), (2) with numbers
+    assert "Traceback" not in page.content()
+    _shot(page, "explain_simam")
+    page.get_by_role("tab", name="Trust").click()
+    idle(page)
+    page.get_by_role("button", name="Check this map").click()
+    page.get_by_text("Insertion AUC").first.wait_for(timeout=120_000)
+    idle(page)
+    page.locator("[data-testid='stPlotlyChart'] .main-svg").nth(1).wait_for(timeout=60_000)
+    _settle(page)
+    assert page.locator("[data-testid='stMetric']").count() == 5
+    assert "Traceback" not in page.content()
+    _shot(page, "trust")
+    context.close()
