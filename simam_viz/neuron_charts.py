@@ -44,12 +44,15 @@ __all__ = [
 
 LOG = logging.getLogger(__name__)
 
-MAX_SIDE_3D = 48
+MAX_SIDE_3D = 24
 """Largest grid side :func:`weights_3d` draws at full resolution; bigger grids are strided.
 
-48 keeps every block of the demo models (41 x 41 at most, 161-pixel input) whole and halves
-a full-width ResNet-50's layer1 at 224 pixels (56 x 56 -> 28 x 28), so the browser gets at
-most ``top_k * 48 * 48`` markers.
+The browser's WebGL draw, not the figure's build, is what a person waits for: in headless
+chromium on SwiftShader (2 CPU cores) 13,448 markers (8 channels of a 41 x 41 grid) took
+about 2.5x as long to draw as 3,528 (``benchmarks/neuron_view.py --browser``). 24 keeps
+stages 3-4 of the demo models (11 x 11) and of a full-width ResNet-50 (14 x 14, 7 x 7)
+whole and strides the larger grids by 2 or 3 (the title and hover say so), so the browser
+gets at most ``top_k * 24 * 24`` markers.
 """
 CURVE_POINTS = 241  # samples of the weight curve: smooth at any zoom, a few kB of JSON
 MAP_HEIGHT = 420  # px; channel_map sizes its square markers from this
@@ -378,7 +381,7 @@ def weights_3d(
     surface hover transposes ``surfacecolor`` and drops ``customdata`` (plotly.py #4586,
     #5157), so a surface could not show the right weight under the cursor. Grids with a side
     above :data:`MAX_SIDE_3D` are strided (every ``step``-th row and column; the title and
-    the hover say so), which keeps the figure to at most ``top_k * 48 * 48`` points and its
+    the hover say so), which keeps the figure to at most ``top_k * 24 * 24`` points and its
     build plus ``to_json`` in milliseconds (``benchmarks/neuron_view.py``).
     """
     data = weights_3d_data(weights_chw, means, top_k=top_k)

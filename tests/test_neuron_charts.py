@@ -8,7 +8,6 @@ under test.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 from simam_viz.figures import figure_to_png, png_size
 from simam_viz.neuron import explain_from_arrays, weight_curve
 from simam_viz.neuron_charts import (
+    CURVE_POINTS,
     MAX_SIDE_3D,
     channel_map,
     neuron_from_selection,
@@ -185,13 +185,14 @@ def test_weight_curve_chart_is_eqns_5_and_6() -> None:
         "sigmoid(1/e*), λ = 0.1", "chosen neuron"]
 
 
-def test_weight_curve_chart_is_cheap() -> None:
-    """A lambda slider redraws it on every move: no model, a few hundred points."""
-    start = time.perf_counter()
-    for lam in np.linspace(0.01, 1.0, 20):
-        fig = weight_curve_chart(VALUES[0], 0.0, 1.0, float(lam), 0.5)
-        fig.to_json()
-    assert (time.perf_counter() - start) / 20 < 0.25
+def test_weight_curve_chart_is_small() -> None:
+    """A lambda slider redraws it on every move: a few hundred points, whatever the channel
+    size (times are in benchmarks/neuron_view.py, not here)."""
+    fig = weight_curve_chart(RNG.random(56 * 56), 0.0, 1.0, 0.3, 0.5, lam_model=0.1)
+    lines = [tr for tr in fig.data if tr.type == "scatter" and tr.mode == "lines"]
+    assert all(CURVE_POINTS <= len(tr.x) <= CURVE_POINTS + 1 for tr in lines)  # + t itself
+    assert len(lines) == 2
+    assert len(fig.to_json()) < 100_000
 
 
 # --- 3-D weights ------------------------------------------------------------------------------
@@ -236,12 +237,12 @@ def test_weights_3d_strides_big_grids_and_says_so() -> None:
     fig = weights_3d(weights, np.array([0.2, 0.1, 0.3]), top_k=2)
     (trace,) = fig.data
     step = -(-100 // MAX_SIDE_3D)
-    assert step == 3 and sorted(set(trace.x)) == list(range(0, 100, 3))
+    assert step > 1 and sorted(set(trace.x)) == list(range(0, 100, step))
     channel, weight = np.asarray(trace.customdata).T
     np.testing.assert_allclose(weight, weights[channel.astype(int), trace.y, trace.x],
                                rtol=1e-7)
-    assert "sampled every 3 rows and columns" in fig.layout.title.text
-    assert "strided by 3" in trace.hovertemplate
+    assert f"sampled every {step} rows and columns" in fig.layout.title.text
+    assert f"strided by {step}" in trace.hovertemplate
 
 
 def test_weights_3d_bad_input_is_one_line() -> None:
@@ -253,15 +254,14 @@ def test_weights_3d_bad_input_is_one_line() -> None:
         weights_3d(np.zeros((3, 2, 2)), np.zeros(3), top_k=0)
 
 
-def test_weights_3d_is_fast_for_resnet50_layer1() -> None:
-    """Full-width ResNet-50 layer1 at 224 px: 256 x 56 x 56 (benchmarks/neuron_view.py)."""
+def test_weights_3d_bounds_what_the_browser_draws() -> None:
+    """A 256 x 56 x 56 array (more than any ResNet-50 SimAM block) still sends at most
+    top_k * MAX_SIDE_3D**2 markers: the browser's draw time grows with them
+    (benchmarks/neuron_view.py --browser times it)."""
     weights = RNG.random((256, 56, 56)).astype(np.float32)
-    means = weights.mean(axis=(1, 2))
-    weights_3d(weights, means).to_json()  # plotly's first figure loads its validators
-    start = time.perf_counter()
-    text = weights_3d(weights, means).to_json()
-    assert time.perf_counter() - start < 1.0
-    assert len(text) < 2_000_000
+    text = weights_3d(weights, weights.mean(axis=(1, 2))).to_json()
+    assert len(json.loads(text)["data"][0]["x"]) <= 8 * MAX_SIDE_3D**2
+    assert len(text) < 500_000
     assert json.loads(text)["data"][0]["type"] == "scatter3d"
 
 
