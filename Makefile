@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo docker-smoke
+.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo docker-smoke \
+	deploy-smoke
 
 install: $(STAMP)
 
@@ -55,6 +56,11 @@ evaluate-demo: install
 # Build the Docker image with podman and probe it (health, page, upload in a real browser).
 docker-smoke: install system-deps
 	bash scripts/docker-smoke.sh
+
+# Two replicas of that image behind the sticky proxy (deploy/), six browser sessions through
+# it, one replica stopped mid-test: its sessions reconnect and get their figures again.
+deploy-smoke: install system-deps
+	bash scripts/deploy-smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Replicas behind the sticky proxy, proven with real browsers (`make deploy-smoke`, after
+# `make docker-smoke`, whose image it reuses).
+#
+# The topology of deploy/compose.yaml, run with plain podman (no compose engine needed): one
+# network, the app replicas under the one DNS name `app` (compose's service name), hardened as
+# in compose.yaml and the Kubernetes Deployment (read-only root filesystem, /tmp a tmpfs, no
+# capabilities, non-root, the same cookie secret, the weights folder shared read-only), and the
+# nginx proxy of deploy/proxy/ published on 127.0.0.1:$PORT.
+#   1. one replica: six browser sessions upload at once (p50/p95 to pixels), download a PNG;
+#   2. a second replica joins (the proxy sees it under `app` and reloads): six sessions spread
+#      three and three by their affinity cookie, upload, download; then one replica is stopped
+#      while the other's sessions upload: its sessions reconnect through the proxy and, after
+#      uploading again, have their own figures within 10 s; the others never notice
+#      (scripts/deploy_probe.py).
+#   env: IMG (localhost/simam-viz:smoke)  PROXY_IMG (localhost/simam-viz-proxy:smoke)
+#        PORT (8503)  WORK (/tmp/simam-viz-ctr: docker-smoke's podman settings)  SESSIONS (6)
+#        THREADS (torch threads per replica: 2, compose.yaml's OMP_NUM_THREADS)
+#        FAILOVER_LIMIT (10: seconds from the stop until the moved sessions, having uploaded
+#        again, show their own figures)
+#        BUSY_WAIT_S (60: how long an analysis waits for a slot before "the server is busy";
+#        this test is about routing and failover, not the busy path of tests/test_app.py)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+IMG=${IMG:-localhost/simam-viz:smoke}
+PROXY_IMG=${PROXY_IMG:-localhost/simam-viz-proxy:smoke}
+PORT=${PORT:-8503}
+WORK=${WORK:-/tmp/simam-viz-ctr}
+SESSIONS=${SESSIONS:-6}
+THREADS=${THREADS:-2}
+FAILOVER_LIMIT=${FAILOVER_LIMIT:-10}
+BUSY_WAIT_S=${BUSY_WAIT_S:-60}
+PY="$ROOT/.venv/bin/python"
+export CONTAINERS_CONF="$WORK/containers.conf"  # written by container-smoke.sh (docker-smoke)
+[ -f "$CONTAINERS_CONF" ] || { echo "error: $CONTAINERS_CONF missing: run make docker-smoke first"; exit 2; }
+podman image exists "$IMG" || { echo "error: image $IMG missing: run make docker-smoke first"; exit 2; }
+
+NAME=simam-viz-deploy-$$
+NET=$NAME
+WEIGHTS=$(mktemp -d)  # the shared read-only weights folder (empty: the demo models are baked in)
+chmod 755 "$WEIGHTS"
+STARTED=()
+cleanup() {
+  local rc=$?
+  if [ $rc != 0 ]; then
+    for c in "${STARTED[@]}"; do
+      echo "--- last log lines of $c"
+      # the proxy: its replica changes and errors, not the access log
+      podman logs "$c" 2>&1 | grep -vE '^[0-9.]+ \[' | tail -n 15 || true
+    done
+  fi
+  for c in "${STARTED[@]}"; do podman rm -f -t 2 "$c" >/dev/null 2>&1 || true; done
+  podman network rm -f "$NET" >/dev/null 2>&1 || true
+  rm -rf "$WEIGHTS"
+  exit $rc
+}
+trap cleanup EXIT
+start=$SECONDS
+now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
+since() { python3 -c "import time; print(f'{time.time() - $1:.1f}')"; }
+
+# the proxy image: Debian's nginx on the app's own base (cached after the first build)
+t=$SECONDS
+podman build --format docker --network host --pull=never -q -t "$PROXY_IMG" "$ROOT/deploy/proxy" >/dev/null
+echo "proxy image $PROXY_IMG ready in $((SECONDS - t)) s"
+podman network create "$NET" >/dev/null
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+
+# one replica: the app image hardened as in deploy/compose.yaml, reachable as `app`
+run_app() {
+  local c="$NAME-app-$1"
+  podman run -d --init --name "$c" --network "$NET" --network-alias app \
+    --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=512m,mode=1777 \
+    --cap-drop ALL --security-opt no-new-privileges \
+    -e STREAMLIT_SERVER_COOKIE_SECRET="$SECRET" -e SIMAM_VIZ_MAX_CONCURRENT=2 \
+    -e SIMAM_VIZ_BUSY_WAIT_S="$BUSY_WAIT_S" \
+    -e OMP_NUM_THREADS="$THREADS" -v "$WEIGHTS:/app/checkpoints/official:ro" "$IMG" >/dev/null
+  STARTED+=("$c")
+}
+
+# healthy (the image's HEALTHCHECK, run by hand: no systemd here), then warm (the models
+# loaded and the default example analysed: app/serve.py logs "warm-up done")
+wait_ready() {
+  local c=$1 t0=$2 healthy=""
+  for _ in $(seq 600); do
+    [ "$(podman inspect -f '{{.State.Running}}' "$c")" = true ] || { echo "error: $c exited"; exit 1; }
+    if [ -z "$healthy" ] && podman healthcheck run "$c" >/dev/null 2>&1; then healthy=$(since "$t0"); fi
+    if [ -n "$healthy" ] && [[ $(podman logs "$c" 2>&1) == *"warm-up done"* ]]; then
+      echo "$c: healthy after ${healthy}s, warm after $(since "$t0")s"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "error: $c not ready in 120 s"; exit 1
+}
+
+address() { podman inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$1"; }
+
+t0=$(now); run_app 1; wait_ready "$NAME-app-1" "$t0"
+uid=$(podman exec "$NAME-app-1" id -u)
+[ "$uid" != 0 ] || { echo "error: the app runs as root"; exit 1; }
+# the user's own home would be writable on a writable root filesystem; /tmp must be
+if podman exec "$NAME-app-1" touch /home/app/probe-write 2>/dev/null; then
+  echo "error: the root filesystem is writable"; exit 1
+fi
+podman exec "$NAME-app-1" touch /tmp/probe-write || { echo "error: /tmp is not writable"; exit 1; }
+
+podman run -d --name "$NAME-proxy" --network "$NET" -p "127.0.0.1:$PORT:8080" \
+  --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=64m,mode=1777 \
+  --cap-drop ALL --security-opt no-new-privileges "$PROXY_IMG" >/dev/null
+STARTED+=("$NAME-proxy")
+for _ in $(seq 100); do
+  podman healthcheck run "$NAME-proxy" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+podman healthcheck run "$NAME-proxy" >/dev/null || { echo "error: the proxy is not healthy"; exit 1; }
+curl -fsS -m 5 "http://127.0.0.1:$PORT/_stcore/health" | grep -qx ok \
+  || { echo "error: no app health through the proxy"; exit 1; }
+
+echo "== 1 replica, $SESSIONS sessions"
+"$PY" "$ROOT/scripts/deploy_probe.py" latency --url "http://127.0.0.1:$PORT" \
+  --sessions "$SESSIONS" | tee "$WORK/deploy-one.json"
+
+echo "== 2 replicas, $SESSIONS sessions, then one replica stopped"
+t0=$(now); run_app 2; wait_ready "$NAME-app-2" "$t0"
+# the proxy follows the name `app` by itself (deploy/proxy/proxy-entrypoint.sh): wait for it
+replicas() { podman exec "$NAME-proxy" cat /tmp/nginx/replicas.map | wc -l; }
+for _ in $(seq 80); do
+  [ "$(replicas)" = 2 ] && break
+  sleep 0.5
+done
+if [ "$(replicas)" != 2 ]; then
+  echo "error: the proxy did not pick up the second replica"
+  podman logs "$NAME-proxy" 2>&1 | grep -v '^10\.' | tail -5
+  podman exec "$NAME-proxy" getent ahostsv4 app || true
+  exit 1
+fi
+"$PY" "$ROOT/scripts/deploy_probe.py" failover --url "http://127.0.0.1:$PORT" \
+  --sessions "$SESSIONS" --stop-cmd "podman stop -t 2 {replica}" \
+  --failover-limit "$FAILOVER_LIMIT" \
+  --replica "$(address "$NAME-app-1")=$NAME-app-1" \
+  --replica "$(address "$NAME-app-2")=$NAME-app-2" | tee "$WORK/deploy-two.json"
+
+"$PY" - "$WORK/deploy-one.json" "$WORK/deploy-two.json" <<'EOF'
+import json, sys
+one, two = (json.loads(open(p).read().strip().splitlines()[-1]) for p in sys.argv[1:])
+print(f"upload to pixels, {one['sessions']} sessions at once: 1 replica p50 {one['p50_s']} s "
+      f"p95 {one['p95_s']} s; 2 replicas p50 {two['p50_s']} s p95 {two['p95_s']} s")
+print(f"replica stopped: its {two['victims']} sessions reconnected after "
+      f"{max(two['reconnected_s'])} s and had their own figures again (uploaded anew) after "
+      f"{max(two['own_figures_again_s'])} s (worst); the other replica's uploads meanwhile "
+      f"took {max(two['others_upload_during_stop_s'])} s")
+EOF
+echo "deploy-smoke passed in $((SECONDS - start)) s"
