@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo docker-smoke \
+.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo trust-study docker-smoke \
 	deploy-smoke
 
 install: $(STAMP)
@@ -52,6 +52,16 @@ demo-weights: install system-deps
 evaluate-demo: install
 	$(VENV)/bin/simam-viz evaluate --data build/scenes --split test \
 		--methods gradcam gradcam++ layercam --csv build/study.csv
+
+# The trust study of README: faithfulness and sanity scores (simam-viz evaluate --faithfulness
+# --sanity) of the three demo models on 48 test scenes, the tables (build/trust_study/table.md)
+# and docs/study/sanity_cascade.png.
+# Only the test split is generated if build/scenes is missing (scenes are a pure function of
+# seed, split and index, so it is the same as the full run's); two single-threaded processes.
+trust-study: install system-deps
+	test -d build/scenes/test || $(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 \
+		--train 0 --val 0 --test 600
+	OMP_NUM_THREADS=1 $(PY) scripts/trust_study.py --data build/scenes --limit 48 --jobs 2
 
 # Build the Docker image with podman and probe it (health, page, upload in a real browser).
 docker-smoke: install system-deps

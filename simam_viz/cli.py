@@ -498,19 +498,39 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=["gradcam"], choices=list(METHODS))
     _block_arg(p)
     p.add_argument("--limit", type=int, help="evaluate an even subset of this many images")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="add ROAD, drop/increase in confidence, deletion and insertion AUC "
+                        "(means with 95%% bootstrap intervals)")
+    p.add_argument("--sanity", action="store_true",
+                   help="add the cascading-randomization sanity check (Spearman, SSIM, HOG "
+                        "at fc and at the last step, mean |Spearman|)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of ROAD's noise, the cascade and the bootstrap (default 0)")
     p.add_argument("--csv", help="write the table as CSV here")
+    p.add_argument("--per-image", metavar="JSON",
+                   help="with --faithfulness/--sanity: write every image's scores (and the "
+                        "sanity cascades) as JSON here")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from simam_viz.evaluation import evaluate, format_table, write_csv
+    from simam_viz.evaluation import evaluate, format_table, write_csv, write_per_image
     from simam_viz.models import validate_block
 
     validate_block(args.block)
+    if args.limit is not None and args.limit < 1:
+        raise SimamVizError(f"--limit must be at least 1, got {args.limit}")
+    if args.seed < 0:
+        raise SimamVizError(f"--seed must be >= 0, got {args.seed}")
+    if args.per_image and not (args.faithfulness or args.sanity):
+        raise SimamVizError("--per-image needs --faithfulness or --sanity")
     rows = evaluate(_load_models(args), args.data, split=args.split, methods=args.methods,
-                    block=args.block, limit=args.limit, progress=True)
+                    block=args.block, limit=args.limit, faithfulness=args.faithfulness,
+                    sanity=args.sanity, seed=args.seed, progress=True)
     print(format_table(rows))
     if args.csv:
         print(f"wrote {write_csv(rows, args.csv)}")
+    if args.per_image:
+        print(f"wrote {write_per_image(rows, args.per_image)}")
     return 0
 
 

@@ -1,10 +1,18 @@
-"""Accuracy and Grad-CAM localization of models on an ImageFolder with masks or boxes.
+"""Accuracy, Grad-CAM localization and, on request, trust scores of models on an ImageFolder.
 
 For each image the ground-truth class is explained (target = label), one analysis pass per
 model and method gives every map, and each map is scored against the object mask brought to
 the model's input frame (same resize and centre crop, nearest neighbour). SimAM models are
 scored at the block output and before/after SimAM, the paper's claim being that SimAM's
 refinement focuses the features on the object.
+
+With ``faithfulness=True`` / ``sanity=True`` every one of those maps (before/after the
+attention module included) is also scored by :func:`simam_viz.trust.faithfulness` and
+:func:`simam_viz.trust.sanity_check`, called exactly as a user would call them on the image,
+with the same target (the label): the columns are means of what those functions return. A
+mean over a few hundred synthetic scenes is not a certainty, so each such column comes with a
+95 % percentile-bootstrap interval (``<column>_lo``, ``<column>_hi``) and each row keeps its
+per-image values (``row["per_image"]``), so that any other statistic can be computed later.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,6 +34,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tf
 from tqdm import tqdm
 
+from simam_viz import trust
 from simam_viz.analysis import analyze
 from simam_viz.errors import SimamVizError
 from simam_viz.images import load_image
@@ -31,12 +42,42 @@ from simam_viz.localization import energy_in_mask, iou_at, mask_from_boxes, poin
 from simam_viz.models import DEFAULT_BLOCK
 from simam_viz.preprocess import Preprocessing
 
-__all__ = ["Sample", "evaluate", "format_table", "load_samples", "write_csv"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "FAITHFULNESS_FIELDS", "SANITY_FIELDS", "Sample",
+           "bootstrap_interval", "evaluate", "format_table", "load_samples", "write_csv",
+           "write_per_image"]
 
 LOG = logging.getLogger(__name__)
 
 FIELDS = ("model", "arch", "method", "block", "where", "images", "top1", "pointing",
           "energy", "iou")
+
+FAITHFULNESS_FIELDS: tuple[str, ...] = tuple(trust.SCORES)
+"""Columns added by ``faithfulness=True``: the mean over images of each score of
+:func:`simam_viz.trust.faithfulness` (probabilities and areas in [0, 1], not percentages)."""
+
+_FIRST, _LAST = trust.SANITY_LAYERS[0], trust.SANITY_LAYERS[-1]  # fc, stem
+SANITY_FIELDS: tuple[str, ...] = (
+    *(f"{score}_{_FIRST}" for score in trust.SANITY_SCORES),
+    *(f"{score}_{_LAST}" for score in trust.SANITY_SCORES),
+    "mean_abs_spearman",
+    "flat",
+)
+"""Columns added by ``sanity=True``, from :func:`simam_viz.trust.sanity_check`'s cascade.
+
+``spearman_fc``, ``ssim_fc``, ``hog_fc``: similarity to the trained model's map once only the
+classifier is re-initialised, the step that tests whether the map depends on the class
+weights at all. ``spearman_stem``, ``ssim_stem``, ``hog_stem``: the last step, every layer
+random, the floor a map reaches when nothing learned is left. ``mean_abs_spearman``: per image
+the mean of |Spearman| over the 18 steps, one number for the whole curve (the sign of a
+correlation with a random model's map carries no meaning, its size does). ``flat``: % of the
+cascade's maps that were flat; their Spearman and HOG are undefined (NaN) and are left out of
+the means and intervals above, which are therefore over the images where they are defined.
+All are lower-is-better except ``flat``, which only says how much the others rest on.
+"""
+
+_PERCENT = {"pointing", "energy", "iou"}  # the localization columns, kept as percentages
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -87,6 +128,52 @@ def _mask_in_frame(mask: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return np.asarray(tf.center_crop(im, [prep.crop])) > 127
 
 
+def bootstrap_interval(
+    values: Iterable[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = BOOTSTRAP_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``values`` (NaNs left out).
+
+    ``resamples`` resamples of the finite values, with replacement, from
+    ``numpy.random.default_rng(seed)``; the interval is the ``(1 - level) / 2`` and
+    ``(1 + level) / 2`` quantiles of their means. The percentile bootstrap assumes nothing
+    about the scores' distribution (they are bounded and often skewed: ROAD near 0, increase
+    in confidence 0 or 1), and a fixed seed makes the table reproducible to the last digit.
+    ``(nan, nan)`` when no value is finite.
+    """
+    x = np.asarray(list(values), dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise SimamVizError(f"need resamples >= 1 and 0 < level < 1, got {resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(lo), float(hi)
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values, NaN (without numpy's empty-slice warning) if there are none."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def _sanity_values(steps: Sequence[trust.SanityStep]) -> dict[str, float]:
+    """One image's :data:`SANITY_FIELDS` from its cascade (see there for the choices)."""
+    first, last = steps[0], steps[-1]
+    out = {f"{score}_{_FIRST}": float(getattr(first, score)) for score in trust.SANITY_SCORES}
+    out.update({f"{score}_{_LAST}": float(getattr(last, score))
+                for score in trust.SANITY_SCORES})
+    out["mean_abs_spearman"] = _finite_mean([abs(s.spearman) for s in steps])
+    out["flat"] = 100.0 * float(np.mean([not math.isfinite(s.spearman) for s in steps]))
+    return out
+
+
 def evaluate(
     models: Sequence[nn.Module],
     data_dir: str | Path,
@@ -95,14 +182,31 @@ def evaluate(
     methods: Sequence[str] = ("gradcam",),
     block: str = DEFAULT_BLOCK,
     limit: int | None = None,
+    faithfulness: bool = False,
+    sanity: bool = False,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     progress: bool = False,
-) -> list[dict[str, object]]:
-    """One row per (model, method, where) with accuracy and mean localization scores."""
+) -> list[dict[str, Any]]:
+    """One row per (model, method, where) with accuracy and mean localization scores.
+
+    ``faithfulness`` adds the mean of each of :data:`FAITHFULNESS_FIELDS`, ``sanity`` those of
+    :data:`SANITY_FIELDS`, each with ``<field>_lo`` and ``<field>_hi``, its 95 % interval
+    (:func:`bootstrap_interval`, ``resamples`` resamples seeded by ``seed``, the same
+    resampling for every column of a row, so intervals of one row are paired). Both call
+    ``trust.faithfulness`` / ``trust.sanity_check`` on the image with ``target`` = the label,
+    ``seed`` = ``seed`` (ROAD's noise, the cascade's re-initialisation), for the same (block,
+    where, method) as the localization columns. Such rows also carry ``per_image``: the paths
+    and each image's value of every score column, and, with ``sanity``, ``cascade``: the
+    Spearman, SSIM and HOG similarity of every image at every step (``layers``), for curves.
+    Neither is a CSV column (:func:`write_per_image` writes them as JSON).
+    """
     classes, samples = load_samples(data_dir, split, limit)
     for model in models:
         if list(model.simam_viz.class_names) != classes:
             raise SimamVizError(f"{model.simam_viz.name}: classes differ from {split}/ folders")
-    scores: dict[tuple, list[tuple[bool, float, float]]] = defaultdict(list)
+    per_image: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cascades: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     correct: dict[str, int] = defaultdict(int)
     for sample in tqdm(samples, disable=not progress, unit="img", desc="evaluate"):
         image = load_image(sample.path)
@@ -117,26 +221,88 @@ def evaluate(
                 for where in result.wheres(block):
                     if where == "attention":
                         continue
+                    key = (info.name, info.arch, method, where)
+                    values = per_image[key]
                     cam = result.cam(block, where)
-                    scores[(info.name, info.arch, method, where)].append(
-                        (pointing_game(cam, mask), energy_in_mask(cam, mask), iou_at(cam, mask))
-                    )
+                    values["path"].append(str(sample.path))
+                    values["pointing"].append(float(pointing_game(cam, mask)))
+                    values["energy"].append(float(energy_in_mask(cam, mask)))
+                    values["iou"].append(float(iou_at(cam, mask)))
+                    request = dict(target=sample.label, block=block, where=where,
+                                   method=method, seed=seed)
+                    if faithfulness:
+                        scores = trust.faithfulness(model, image, **request)
+                        for name in FAITHFULNESS_FIELDS:
+                            values[name].append(float(scores[name]))
+                    if sanity:
+                        steps = trust.sanity_check(model, image, **request)
+                        for name, value in _sanity_values(steps).items():
+                            values[name].append(value)
+                        for score in trust.SANITY_SCORES:
+                            cascades[key][score].append([float(getattr(s, score))
+                                                         for s in steps])
+    extra = (FAITHFULNESS_FIELDS if faithfulness else ()) + (SANITY_FIELDS if sanity else ())
     rows = []
-    for (name, arch, method, where), values in scores.items():
-        arr = np.asarray(values, dtype=np.float64)
-        rows.append({
+    for key, values in per_image.items():
+        name, arch, method, where = key
+        row: dict[str, Any] = {
             "model": name, "arch": arch, "method": method, "block": block, "where": where,
-            "images": len(values), "top1": 100.0 * correct[name] / len(samples),
-            "pointing": 100.0 * arr[:, 0].mean(), "energy": 100.0 * arr[:, 1].mean(),
-            "iou": 100.0 * arr[:, 2].mean(),
-        })
-    LOG.info("evaluated %d models x %d methods on %d images of %s/%s", len(models),
-             len(methods), len(samples), data_dir, split)
+            "images": len(values["path"]), "top1": 100.0 * correct[name] / len(samples),
+        }
+        for field in _PERCENT:
+            row[field] = 100.0 * float(np.mean(values[field]))
+        row = {f: row[f] for f in FIELDS}  # the CSV's column order
+        for field in extra:
+            row[field] = _finite_mean(values[field])
+        for field in extra:
+            row[f"{field}_lo"], row[f"{field}_hi"] = bootstrap_interval(
+                values[field], resamples=resamples, seed=seed)
+        if extra:
+            row["per_image"] = {k: list(v) for k, v in values.items()}
+        if sanity:
+            row["cascade"] = {"layers": list(trust.SANITY_LAYERS),
+                              **{k: list(v) for k, v in cascades[key].items()}}
+        rows.append(row)
+    LOG.info("evaluated %d models x %d methods on %d images of %s/%s%s%s", len(models),
+             len(methods), len(samples), data_dir, split,
+             " with faithfulness" if faithfulness else "", " with sanity" if sanity else "")
     return rows
 
 
-def format_table(rows: Sequence[dict[str, object]]) -> str:
-    """A Markdown table (README-ready) of evaluation rows."""
+def _score_fields(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The trust columns the rows have, in :data:`FAITHFULNESS_FIELDS`, :data:`SANITY_FIELDS`
+    order (none for a plain localization run)."""
+    present = set().union(*(r.keys() for r in rows)) if rows else set()
+    return [f for f in (*FAITHFULNESS_FIELDS, *SANITY_FIELDS) if f in present]
+
+
+def _interval_cell(row: dict[str, Any], field: str, digits: int) -> str:
+    """``mean [lo, hi]``, or ``n/a`` where no image gave a defined value."""
+    mean = row[field]
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} [{row[f'{field}_lo']:.{digits}f}, {row[f'{field}_hi']:.{digits}f}]"
+
+
+def _header(field: str) -> str:
+    """A column title with its better direction (from trust's SCORES / SANITY_SCORES)."""
+    if field in trust.SCORES:
+        arrow = "↑" if trust.SCORES[field][0].startswith("higher") else "↓"
+        return f"{field.replace('_', ' ')} {arrow}"
+    if field == "flat":
+        return "flat maps %"
+    if field == "mean_abs_spearman":
+        return "mean abs Spearman ↓"
+    score, _, step = field.rpartition("_")
+    return f"{score} {step} ↓"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown tables (README-ready) of evaluation rows.
+
+    The localization table always; then, for rows with trust columns, one table of
+    faithfulness and one of sanity scores, each cell ``mean [lo, hi]`` (95 % bootstrap).
+    """
     head = "| model | method | map | images | top-1 % | pointing % | energy in mask % | IoU@0.5 % |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -144,16 +310,64 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
             f"| {r['model']} | {r['method']} | {r['block']} {r['where']} | {r['images']} | "
             f"{r['top1']:.1f} | {r['pointing']:.1f} | {r['energy']:.1f} | {r['iou']:.1f} |"
         )
+    fields = _score_fields(rows)
+    for group in (FAITHFULNESS_FIELDS, SANITY_FIELDS):
+        shown = [f for f in group if f in fields]
+        if not shown:
+            continue
+        lines += ["", "| model | method | map | " + " | ".join(map(_header, shown)) + " |",
+                  "|---|---|---|" + "---|" * len(shown)]
+        for r in rows:
+            cells = [_interval_cell(r, f, 1 if f == "flat" else 3) for f in shown]
+            lines.append(f"| {r['model']} | {r['method']} | {r['block']} {r['where']} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict[str, object]], path: str | Path) -> Path:
+def _csv_value(field: str, value: object) -> object:
+    """Localization columns keep their two decimals; trust scores (probabilities and
+    correlations in [0, 1] or [-1, 1]) get four, which two would round away."""
+    if not isinstance(value, float):
+        return value
+    base = field.removesuffix("_lo").removesuffix("_hi")
+    if base in FAITHFULNESS_FIELDS or (base in SANITY_FIELDS and base != "flat"):
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """The rows as CSV: :data:`FIELDS`, then each trust column present with its ``_lo`` and
+    ``_hi`` (``nan`` where undefined); ``per_image`` and ``cascade`` are left to
+    :func:`write_per_image`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fieldnames = list(FIELDS)
+    for field in _score_fields(rows):
+        fieldnames += [field, f"{field}_lo", f"{field}_hi"]
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=fieldnames, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
+            writer.writerow({k: _csv_value(k, v) for k, v in row.items() if k in fieldnames})
+    return path
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN (a flat map's correlation) as null: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write_per_image(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Every row, per-image values and cascades included, as one JSON document (NaN as null),
+    so bootstraps, other statistics or figures can be redone without re-running the models."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"format": "simam-viz-evaluation", "version": 1, "rows": _json_ready(list(rows))}
+    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
     return path

@@ -181,3 +181,24 @@ def registry_entry(name: str, filename: str, url: str, **extra: Any) -> dict[str
             "filename": filename, "source": "http", "urls": [url], "sha256": None,
             "sha256_prefix": None, "preprocessing": IMAGENET_PREP, "simam_lambda": None,
             "top1": 70.0, "licence": "MIT", "redistributable": True, "notes": "", **extra}
+
+
+def squares_dataset(root: Path, side: int = 48, per_class: int = 2) -> Path:
+    """An ImageFolder test split with masks (``evaluate``'s input): for each class of
+    ``SQUARE_COLOURS``, ``per_class`` coloured squares on noise, ``side`` pixels, seed 0."""
+    rng = np.random.default_rng(0)
+    for name, colour in SQUARE_COLOURS.items():
+        for i in range(per_class):
+            img = rng.integers(0, 80, (side, side, 3), np.uint8)
+            mask = np.zeros((side, side), bool)
+            y, x = rng.integers(0, side // 2, 2)
+            img[y : y + side * 5 // 12, x : x + side * 5 // 12] = colour
+            mask[y : y + side * 5 // 12, x : x + side * 5 // 12] = True
+            for folder, arr in ((root / "test" / name, img),
+                                (root / "masks" / "test" / name, mask)):
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    return root
+
+
+SQUARE_COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}  # sorted
