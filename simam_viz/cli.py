@@ -19,6 +19,7 @@ from simam_viz.errors import SimamVizError
 
 if TYPE_CHECKING:
     from simam_viz.catalog import CatalogItem
+    from simam_viz.distributed import Shard
     from simam_viz.registry import RegistryEntry
 
 __all__ = ["COMMANDS", "main"]
@@ -281,13 +282,7 @@ def _expand(inputs: Sequence[str]) -> list[str]:
 
 
 def _figure(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from simam_viz.analysis import resolve_target
-    from simam_viz.export import FIGURES, ExportRequest, analyze_all, slug, write_exports
-    from simam_viz.images import image_sha256, load_image
+    from simam_viz.distributed import sharded
     from simam_viz.models import validate_block
 
     validate_block(args.block)
@@ -295,6 +290,24 @@ def _figure(args: argparse.Namespace) -> int:
         raise SimamVizError(f"--dpi must be between 30 and 1200, got {args.dpi}")
     if args.simam_lambda is not None and not args.simam_lambda > 0:
         raise SimamVizError(f"--lambda must be positive, got {args.simam_lambda}")
+    paths = _expand(args.inputs)
+    if not paths:
+        raise SimamVizError("no images found in the given folders")
+    with sharded(args.device) as shard:
+        return _figure_shard(args, paths, shard)
+
+
+def _figure_shard(args: argparse.Namespace, paths: list[str], shard: Shard) -> int:
+    """``figure`` on this process's share of ``paths`` (all of them outside torchrun)."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from simam_viz.analysis import resolve_target
+    from simam_viz.export import FIGURES, ExportRequest, analyze_all, slug, write_exports
+    from simam_viz.images import image_sha256, load_image
+
+    args.device = shard.device(args.device)
     models = _load_models(args)
     for model in models:  # a bad target is a usage error, found before any work
         resolve_target(args.target, model.simam_viz.class_names)
@@ -303,11 +316,9 @@ def _figure(args: argparse.Namespace) -> int:
                             method=args.method, simam_lambda=args.simam_lambda, dpi=args.dpi,
                             shared_scale=args.shared_scale)
     out = Path(args.out)
-    paths = _expand(args.inputs)
-    if not paths:
-        raise SimamVizError("no images found in the given folders")
     skipped, written = 0, 0
-    for path in tqdm(paths, unit="image", disable=len(paths) < 2):
+    mine = shard.take(paths)
+    for path in tqdm(mine, unit="image", disable=len(mine) < 2 or not shard.main):
         try:
             image = load_image(path)  # checks the size cap before reading the file
             data = Path(path).read_bytes()
@@ -320,7 +331,11 @@ def _figure(args: argparse.Namespace) -> int:
         files = write_exports(results, models, request, out, slug(Path(path).stem),
                               image_sha256(data), npz=args.npz)
         written += len(files)
-    print(f"wrote {written} files to {out}" + (f"; skipped {skipped} image(s)" if skipped else ""))
+    counts = shard.gather((written, skipped))  # rank 0 reports the whole job, once
+    written, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if shard.main:
+        print(f"wrote {written} files to {out}"
+              + (f"; skipped {skipped} image(s)" if skipped else ""))
     return 1 if skipped else 0
 
 
@@ -513,6 +528,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from simam_viz.distributed import sharded
     from simam_viz.evaluation import evaluate, format_table, write_csv, write_per_image
     from simam_viz.models import validate_block
 
@@ -523,9 +539,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SimamVizError(f"--seed must be >= 0, got {args.seed}")
     if args.per_image and not (args.faithfulness or args.sanity):
         raise SimamVizError("--per-image needs --faithfulness or --sanity")
-    rows = evaluate(_load_models(args), args.data, split=args.split, methods=args.methods,
-                    block=args.block, limit=args.limit, faithfulness=args.faithfulness,
-                    sanity=args.sanity, seed=args.seed, progress=True)
+    with sharded(args.device) as shard:  # under torchrun: this rank's share of the images
+        args.device = shard.device(args.device)
+        rows = evaluate(_load_models(args), args.data, split=args.split, methods=args.methods,
+                        block=args.block, limit=args.limit, faithfulness=args.faithfulness,
+                        sanity=args.sanity, seed=args.seed, progress=True, shard=shard)
+        if not shard.main:  # every rank has the merged rows; rank 0 writes them, once
+            return 0
     print(format_table(rows))
     if args.csv:
         print(f"wrote {write_csv(rows, args.csv)}")

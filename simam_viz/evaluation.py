@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from simam_viz import trust
 from simam_viz.analysis import analyze
+from simam_viz.distributed import Shard
 from simam_viz.errors import SimamVizError
 from simam_viz.images import load_image
 from simam_viz.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
@@ -174,6 +175,47 @@ def _sanity_values(steps: Sequence[trust.SanityStep]) -> dict[str, float]:
     return out
 
 
+def _score_sample(
+    sample: Sample, models: Sequence[nn.Module], methods: Sequence[str], block: str,
+    faithfulness: bool, sanity: bool, seed: int,
+) -> tuple[dict[str, int], list[tuple[tuple, dict[str, Any], dict[str, list[float]]]]]:
+    """One image with every model and method: ``(top-1 hits by model, [(row key, this
+    image's value of each column, its sanity cascade)])``, in the rows' order."""
+    image = load_image(sample.path)
+    hits: dict[str, int] = {}
+    found: list[tuple[tuple, dict[str, Any], dict[str, list[float]]]] = []
+    for model in models:
+        info = model.simam_viz
+        mask = _mask_in_frame(sample.mask, info.preprocessing)
+        for method in methods:
+            result = analyze(model, image, target=sample.label, blocks=(block,), method=method)
+            if method == methods[0]:
+                hits[info.name] = int(result.predictions[0].index == sample.label)
+            for where in result.wheres(block):
+                if where == "attention":
+                    continue
+                cam = result.cam(block, where)
+                values: dict[str, Any] = {
+                    "path": str(sample.path),
+                    "pointing": float(pointing_game(cam, mask)),
+                    "energy": float(energy_in_mask(cam, mask)),
+                    "iou": float(iou_at(cam, mask)),
+                }
+                cascade: dict[str, list[float]] = {}
+                request = dict(target=sample.label, block=block, where=where, method=method,
+                               seed=seed)
+                if faithfulness:
+                    scores = trust.faithfulness(model, image, **request)
+                    values.update({name: float(scores[name]) for name in FAITHFULNESS_FIELDS})
+                if sanity:
+                    steps = trust.sanity_check(model, image, **request)
+                    values.update(_sanity_values(steps))
+                    cascade = {score: [float(getattr(s, score)) for s in steps]
+                               for score in trust.SANITY_SCORES}
+                found.append(((info.name, info.arch, method, where), values, cascade))
+    return hits, found
+
+
 def evaluate(
     models: Sequence[nn.Module],
     data_dir: str | Path,
@@ -187,6 +229,7 @@ def evaluate(
     seed: int = 0,
     resamples: int = BOOTSTRAP_RESAMPLES,
     progress: bool = False,
+    shard: Shard | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (model, method, where) with accuracy and mean localization scores.
 
@@ -200,47 +243,34 @@ def evaluate(
     and each image's value of every score column, and, with ``sanity``, ``cascade``: the
     Spearman, SSIM and HOG similarity of every image at every step (``layers``), for curves.
     Neither is a CSV column (:func:`write_per_image` writes them as JSON).
+
+    ``shard`` (under torchrun, :func:`simam_viz.distributed.sharded`) scores only this
+    process's share of the images; the per-image values of all ranks are then gathered and
+    put back in the images' order before any mean or bootstrap, so every rank returns the
+    same rows as one process would.
     """
+    shard = shard or Shard()
     classes, samples = load_samples(data_dir, split, limit)
     for model in models:
         if list(model.simam_viz.class_names) != classes:
             raise SimamVizError(f"{model.simam_viz.name}: classes differ from {split}/ folders")
-    per_image: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    mine = shard.take(list(enumerate(samples)))
+    scored = [(index, _score_sample(sample, models, methods, block, faithfulness, sanity, seed))
+              for index, sample in tqdm(mine, disable=not progress or not shard.main,
+                                        unit="img", desc="evaluate")]
+    merged = sorted((item for part in shard.gather(scored) for item in part),
+                    key=lambda item: item[0])
+    per_image: dict[tuple, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     cascades: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     correct: dict[str, int] = defaultdict(int)
-    for sample in tqdm(samples, disable=not progress, unit="img", desc="evaluate"):
-        image = load_image(sample.path)
-        for model in models:
-            info = model.simam_viz
-            mask = _mask_in_frame(sample.mask, info.preprocessing)
-            for method in methods:
-                result = analyze(model, image, target=sample.label, blocks=(block,),
-                                 method=method)
-                if method == methods[0]:
-                    correct[info.name] += int(result.predictions[0].index == sample.label)
-                for where in result.wheres(block):
-                    if where == "attention":
-                        continue
-                    key = (info.name, info.arch, method, where)
-                    values = per_image[key]
-                    cam = result.cam(block, where)
-                    values["path"].append(str(sample.path))
-                    values["pointing"].append(float(pointing_game(cam, mask)))
-                    values["energy"].append(float(energy_in_mask(cam, mask)))
-                    values["iou"].append(float(iou_at(cam, mask)))
-                    request = dict(target=sample.label, block=block, where=where,
-                                   method=method, seed=seed)
-                    if faithfulness:
-                        scores = trust.faithfulness(model, image, **request)
-                        for name in FAITHFULNESS_FIELDS:
-                            values[name].append(float(scores[name]))
-                    if sanity:
-                        steps = trust.sanity_check(model, image, **request)
-                        for name, value in _sanity_values(steps).items():
-                            values[name].append(value)
-                        for score in trust.SANITY_SCORES:
-                            cascades[key][score].append([float(getattr(s, score))
-                                                         for s in steps])
+    for _, (hits, found) in merged:
+        for name, hit in hits.items():
+            correct[name] += hit
+        for key, values, cascade in found:
+            for name, value in values.items():
+                per_image[key][name].append(value)
+            for score, curve in cascade.items():
+                cascades[key][score].append(curve)
     extra = (FAITHFULNESS_FIELDS if faithfulness else ()) + (SANITY_FIELDS if sanity else ())
     rows = []
     for key, values in per_image.items():

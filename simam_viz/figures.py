@@ -638,16 +638,28 @@ def _library_versions() -> dict[str, str]:
     return found
 
 
+def _created() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    except (ValueError, OverflowError, OSError):
+        when = datetime.now(UTC)  # a malformed value must not fail an export
+    return when.isoformat(timespec="seconds")
+
+
 def write_manifest(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as sorted, indented JSON at ``path`` (beside an export), atomically.
 
     The caller supplies what the figure shows (image sha256, models, checkpoint sha256,
     block, target, method, lambda, ...); this adds ``created`` (UTC, ISO 8601) and
     ``versions`` (python, numpy, matplotlib, pillow, torch, ...) so a figure can be
-    reproduced. Values the caller gives for those keys win. Returns ``path``.
+    reproduced. Values the caller gives for those keys win. ``created`` honours
+    ``$SOURCE_DATE_EPOCH`` (the reproducible-builds convention), so two runs of a batch, for
+    example with 1 and with 2 torchrun processes, can be compared byte for byte.
+    Returns ``path``.
     """
     manifest = dict(data)
-    manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+    manifest.setdefault("created", _created())
     manifest["versions"] = {**_library_versions(), **dict(manifest.get("versions") or {})}
     text = json.dumps(manifest, indent=2, sort_keys=True, default=_jsonable) + "\n"
     path = Path(path)
