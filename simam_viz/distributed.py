@@ -66,12 +66,6 @@ class Shard:
         dist.all_gather_object(out, value)
         return out
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)

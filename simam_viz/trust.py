@@ -39,7 +39,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from simam_viz.analysis import _analysis_state, _prepare_input, analyze, model_lock
+from simam_viz.analysis import Analysis, _analysis_state, _prepare_input, analyze, model_lock
 from simam_viz.errors import AnalysisError
 from simam_viz.models import BLOCKS, DEFAULT_BLOCK, model_info
 from simam_viz.taps import taps_for_block
@@ -135,6 +135,19 @@ def _check_seed(seed: int) -> None:
         raise AnalysisError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+def _reference(model: nn.Module, image: Image.Image | torch.Tensor, target: int | str | None,
+               block: str, where: str, method: str, seed: int, simam_lambda: float | None,
+               ) -> tuple[torch.Tensor, Analysis]:
+    """Both checks' common start: the request checked (one-line errors before any pass), the
+    input preprocessed once on the model's device, and the analysis whose map is checked."""
+    info = model_info(model)
+    _check_request(model, block, where)
+    _check_seed(seed)
+    x, _ = _prepare_input(image, info, next(model.parameters()).device)
+    return x, analyze(model, x, target=target, blocks=(block,), method=method,
+                      simam_lambda=simam_lambda)
+
+
 def faithfulness(
     model: nn.Module,
     image: Image.Image | torch.Tensor,
@@ -172,19 +185,12 @@ def faithfulness(
     plus ``target``, ``target_name``, ``block``, ``where``, ``method`` and ``seed``.
     ``simam_lambda`` sets SimAM's lambda for this call only, as for ``analyze`` (every
     forward pass here uses it). ``progress``, if given, is called with the fraction done (0-1)
-    after each stage, so a UI
-    can show a progress bar without knowing the stages. Values are
+    after each stage, so a UI can show a progress bar without knowing the stages. Values are
     Python floats and lists, so the dict serialises to JSON as it is. The model's lock is held
     while it runs and its state is restored as ``analyze`` restores it.
     """
-    info = model_info(model)
-    _check_request(model, block, where)
-    _check_seed(seed)
     start = time.perf_counter()
-    device = next(model.parameters()).device
-    x, _ = _prepare_input(image, info, device)
-    analysis = analyze(model, x, target=target, blocks=(block,), method=method,
-                       simam_lambda=simam_lambda)
+    x, analysis = _reference(model, image, target, block, where, method, seed, simam_lambda)
     cam = analysis.cam(block, where)
     chosen = analysis.target
     targets = [ClassifierOutputSoftmaxTarget(chosen)]
@@ -388,14 +394,9 @@ def sanity_check(
     randomised copy. ``progress``, if given, is called with the fraction done (0-1) after
     every step.
     """
-    info = model_info(model)
-    _check_request(model, block, where)
-    _check_seed(seed)
     start = time.perf_counter()
-    device = next(model.parameters()).device
-    x, _ = _prepare_input(image, info, device)
-    reference = analyze(model, x, target=target, blocks=(block,), method=method,
-                        simam_lambda=simam_lambda)
+    x, reference = _reference(model, image, target, block, where, method, seed, simam_lambda)
+    device = x.device
     ref_cam = reference.cam(block, where)
     chosen = reference.target
     with model_lock(model):  # no other call's hooks or lambda are on it while it is copied
