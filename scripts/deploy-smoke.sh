@@ -12,12 +12,17 @@
 #      three and three by their affinity cookie, upload, download; then one replica is stopped
 #      while the other's sessions upload: its sessions reconnect through the proxy and, after
 #      uploading again, have their own figures within 10 s; the others never notice
-#      (scripts/deploy_probe.py).
+#      (scripts/deploy_probe.py). The stop is the hard kind: first the proxy's packets to that
+#      replica are dropped (nft in the proxy's network namespace), so the proxy sees what a
+#      vanished node gives, connection timeouts, not the quick "connection refused" of a
+#      stopped container on this host; then the container stops.
 #   env: IMG (localhost/simam-viz:smoke)  PROXY_IMG (localhost/simam-viz-proxy:smoke)
 #        PORT (8503)  WORK (/tmp/simam-viz-ctr: docker-smoke's podman settings)  SESSIONS (6)
 #        THREADS (torch threads per replica: 2, compose.yaml's OMP_NUM_THREADS)
 #        FAILOVER_LIMIT (10: seconds from the stop until the moved sessions, having uploaded
 #        again, show their own figures)
+#        VANISH (auto: drop packets before the stop when nsenter and nft work here; 0: a plain
+#        stop)
 #        BUSY_WAIT_S (60: how long an analysis waits for a slot before "the server is busy";
 #        this test is about routing and failover, not the busy path of tests/test_app.py)
 set -euo pipefail
@@ -30,6 +35,7 @@ SESSIONS=${SESSIONS:-6}
 THREADS=${THREADS:-2}
 FAILOVER_LIMIT=${FAILOVER_LIMIT:-10}
 BUSY_WAIT_S=${BUSY_WAIT_S:-60}
+VANISH=${VANISH:-auto}
 PY="$ROOT/.venv/bin/python"
 export CONTAINERS_CONF="$WORK/containers.conf"  # written by container-smoke.sh (docker-smoke)
 [ -f "$CONTAINERS_CONF" ] || { echo "error: $CONTAINERS_CONF missing: run make docker-smoke first"; exit 2; }
@@ -135,8 +141,24 @@ if [ "$(replicas)" != 2 ]; then
   podman exec "$NAME-proxy" getent ahostsv4 app || true
   exit 1
 fi
+STOP="podman stop -t 2 {replica}"
+if [ "$VANISH" != 0 ]; then
+  # an empty drop chain in the proxy's network namespace; the stop adds the victim to it
+  pid=$(podman inspect -f '{{.State.Pid}}' "$NAME-proxy")
+  if nsenter -t "$pid" -n nft add table ip simam_vanish 2>/dev/null \
+      && nsenter -t "$pid" -n nft add chain ip simam_vanish out \
+        '{ type filter hook output priority 0; }'; then
+    STOP="sh -c 'nsenter -t $pid -n nft add rule ip simam_vanish out ip daddr {address} drop"
+    STOP="$STOP && podman stop -t 2 {replica}'"
+    echo "the stop: packets to the replica dropped first (a vanished node), then podman stop"
+  elif [ "$VANISH" != auto ]; then
+    echo "error: VANISH=$VANISH but nft in the proxy's network namespace failed"; exit 1
+  else
+    echo "the stop: podman stop (nft in the proxy's network namespace unavailable here)"
+  fi
+fi
 "$PY" "$ROOT/scripts/deploy_probe.py" failover --url "http://127.0.0.1:$PORT" \
-  --sessions "$SESSIONS" --stop-cmd "podman stop -t 2 {replica}" \
+  --sessions "$SESSIONS" --stop-cmd "$STOP" \
   --failover-limit "$FAILOVER_LIMIT" \
   --replica "$(address "$NAME-app-1")=$NAME-app-1" \
   --replica "$(address "$NAME-app-2")=$NAME-app-2" | tee "$WORK/deploy-two.json"

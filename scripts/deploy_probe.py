@@ -393,7 +393,7 @@ async def phase_failover(browser: Browser, args) -> dict:
     victims = [s for s in sessions if s.replica == victim]
     others = [s for s in sessions if s.replica != victim]
     before = {s.index: (await s.page.evaluate(STATE))["opened"] for s in sessions}
-    stop = shlex.split(args.stop_cmd.format(replica=names[victim]))
+    stop = shlex.split(args.stop_cmd.format(replica=names[victim], address=victim))
 
     async def stop_replica() -> float:
         proc = await asyncio.to_thread(subprocess.run, stop, capture_output=True, text=True)
@@ -480,7 +480,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--replica", action="append", default=[],
                     help="ADDRESS=NAME of a replica (failover; one per replica)")
     ap.add_argument("--stop-cmd", default="podman stop -t 2 {replica}",
-                    help="command that stops a replica; {replica} is its NAME")
+                    help="command that stops a replica; {replica} is its NAME, "
+                         "{address} its ADDRESS")
     ap.add_argument("--failover-limit", type=float, default=10.0,
                     help="seconds from the stop to own figures again")
     ap.add_argument("--stop-after", type=float, default=1.0,

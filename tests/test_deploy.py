@@ -130,14 +130,17 @@ def test_proxy_affinity_is_by_cookie_over_all_replicas() -> None:
     i = d.index(route)
     assert f"default {group}" in d[i + 1:i + 3] and "include /tmp/nginx/replicas.map" in d
     assert "include /tmp/nginx/upstream-servers.conf" in d  # the group: every replica
+    assert "include /tmp/nginx/pinned.conf" in d  # one group per replica (written at start)
     assert "zone" in " ".join(d)  # failure state shared by the workers
     # the browser is (re)pinned to the replica that answered
     name = cookie[len("$cookie_"):]
     (set_cookie,) = [x for x in d if x.startswith("add_header Set-Cookie ")]
     assert f"{name}=$simam_viz_replica" in NGINX and set_cookie.split()[2].startswith("$")
-    # a pinned replica that does not answer: another one (the page reconnects there)
-    assert any(x.startswith("error_page 502") and x.endswith("@failover") for x in d)
-    assert f"proxy_pass http://{group}" in d
+    # a pinned replica that does not answer is passed over within the group (its backups),
+    # soon: a vanished host drops packets, and every request of its pages waits this long once
+    assert "proxy_next_upstream error timeout" in d
+    (connect,) = [x.split()[1] for x in d if x.startswith("proxy_connect_timeout ")]
+    assert int(connect.rstrip("s")) <= 2
 
 
 def test_proxy_follows_the_replicas_dns_name() -> None:
@@ -145,11 +148,45 @@ def test_proxy_follows_the_replicas_dns_name() -> None:
     assert entry.startswith("#!/bin/sh") and "set -eu" in entry
     assert "UPSTREAM=${UPSTREAM:-app:8501}" in entry  # compose's service, podman's alias
     assert "getent ahostsv4" in entry
-    assert 'echo "server $a:$PORT' in entry and 'echo "$a:$PORT $a:$PORT;"' in entry
     assert "nginx -e stderr -s reload" in entry
     dockerfile = (DEPLOY / "proxy" / "Dockerfile").read_text()
     assert 'CMD ["/usr/local/bin/proxy-entrypoint.sh"]' in dockerfile
     assert (DEPLOY / "proxy" / "proxy-entrypoint.sh").stat().st_mode & 0o111  # executable
+
+
+def _write_config(tmp_path: Path, addresses: str) -> dict[str, str]:
+    """Run the entrypoint's own write_config (a POSIX sh function) for these addresses."""
+    import subprocess
+
+    entry = (DEPLOY / "proxy" / "proxy-entrypoint.sh").read_text()
+    start = entry.index("write_config() {")
+    body = entry[start:entry.index("\n}\n", start) + 3]
+    script = f"set -eu\nDIR={tmp_path}\nPORT=8501\n{body}write_config '{addresses}'\n"
+    subprocess.run(["sh", "-c", script], check=True)
+    return {p.name: p.read_text() for p in tmp_path.iterdir()}
+
+
+def test_proxy_writes_a_group_per_replica_with_the_others_as_backups(tmp_path) -> None:
+    files = _write_config(tmp_path, "10.89.0.2 10.89.0.3 ")
+    assert sorted(files) == ["pinned.conf", "replicas.map", "upstream-servers.conf"]
+    # the cookie (the replica's address, as $upstream_addr writes it) -> that replica's group
+    assert files["replicas.map"].splitlines() == [
+        "10.89.0.2:8501 pin_10_89_0_2;", "10.89.0.3:8501 pin_10_89_0_3;"]
+    d = _nginx_directives(files["pinned.conf"])
+    assert d == [
+        "upstream pin_10_89_0_2", "zone pin_10_89_0_2 64k",
+        "server 10.89.0.2:8501 max_fails=2 fail_timeout=10s", "server 10.89.0.3:8501 backup",
+        "upstream pin_10_89_0_3", "zone pin_10_89_0_3 64k",
+        "server 10.89.0.3:8501 max_fails=2 fail_timeout=10s", "server 10.89.0.2:8501 backup"]
+    assert _nginx_directives(files["upstream-servers.conf"]) == [
+        "server 10.89.0.2:8501 max_fails=2 fail_timeout=10s",
+        "server 10.89.0.3:8501 max_fails=2 fail_timeout=10s"]
+    # one replica: its group has no backup; no temporary files left behind
+    files = _write_config(tmp_path, "10.89.0.7 ")
+    assert _nginx_directives(files["pinned.conf"]) == [
+        "upstream pin_10_89_0_7", "zone pin_10_89_0_7 64k",
+        "server 10.89.0.7:8501 max_fails=2 fail_timeout=10s"]
+    assert not [name for name in files if name.endswith(".new")]
 
 
 def test_proxy_image_is_local_base_unprivileged_and_healthchecked() -> None:

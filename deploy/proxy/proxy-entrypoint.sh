@@ -18,12 +18,26 @@ addresses() {
 
 write_config() {  # $1: the addresses
   : > "$DIR/upstream-servers.conf.new"
+  : > "$DIR/pinned.conf.new"
   : > "$DIR/replicas.map.new"
   for a in $1; do
-    echo "server $a:$PORT max_fails=3 fail_timeout=10s;" >> "$DIR/upstream-servers.conf.new"
-    echo "$a:$PORT $a:$PORT;" >> "$DIR/replicas.map.new"
+    echo "server $a:$PORT max_fails=2 fail_timeout=10s;" >> "$DIR/upstream-servers.conf.new"
+    # the group of a browser pinned to $a: $a first, every other replica as its backup, so
+    # that once $a fails to answer the group's (shared) failure state skips it at once
+    pin=pin_$(echo "$a" | tr -c '0-9a-zA-Z\n' '_')
+    {
+      echo "upstream $pin {"
+      echo "    zone $pin 64k;"
+      echo "    server $a:$PORT max_fails=2 fail_timeout=10s;"
+      for b in $1; do
+        [ "$b" = "$a" ] || echo "    server $b:$PORT backup;"
+      done
+      echo "}"
+    } >> "$DIR/pinned.conf.new"
+    echo "$a:$PORT $pin;" >> "$DIR/replicas.map.new"
   done
   mv "$DIR/upstream-servers.conf.new" "$DIR/upstream-servers.conf"
+  mv "$DIR/pinned.conf.new" "$DIR/pinned.conf"
   mv "$DIR/replicas.map.new" "$DIR/replicas.map"
 }
 
