@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import image_size
+from helpers import CHECKPOINTS_DIR, DEFAULT_EXAMPLE, DEMO_DIR, image_size
 
 from simam_viz import cli
 from simam_viz.checkpoints import load_model
@@ -20,15 +20,14 @@ from simam_viz.images import load_image
 from simam_viz.neuron import explain_neuron
 from simam_viz.neuron_figures import HEADER, PANEL_H, PANEL_W
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "checkpoints" / "demo"
-IMAGE = ROOT / "app" / "examples" / "scene_dog_3.png"
+DEMO = DEMO_DIR
+IMAGE = DEFAULT_EXAMPLE
 
 
 @pytest.fixture(autouse=True)
 def _shipped_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default checkpoint is the demo SimAM model of the repository's checkpoints/."""
-    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(ROOT / "checkpoints"))
+    monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(CHECKPOINTS_DIR))
     monkeypatch.delenv("SIMAM_VIZ_DEMO_MODELS", raising=False)
 
 

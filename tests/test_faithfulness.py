@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import DEFAULT_EXAMPLE, DEMO_DIR
 from PIL import Image
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.metrics.road import ROADCombined
@@ -32,9 +32,8 @@ from simam_viz.trust import (
     sanity_check,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "checkpoints" / "demo"
-DOG = ROOT / "app" / "examples" / "scene_dog_3.png"
+DEMO = DEMO_DIR
+DOG = DEFAULT_EXAMPLE
 
 # pytorch-grad-cam's ROAD calls np.float32 on a torch tensor, which numpy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning")

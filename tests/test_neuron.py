@@ -8,11 +8,10 @@ equations written out again in this file, from a SciPy minimisation of Eqn (2), 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import DEFAULT_EXAMPLE, DEMO_DIR
 from scipy.optimize import minimize
 
 from simam_viz.analysis import analyze
@@ -29,8 +28,7 @@ from simam_viz.neuron import (
     weight_curve,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "checkpoints" / "demo"
+DEMO = DEMO_DIR
 BLOCK = "layer4.2"
 
 
@@ -41,7 +39,7 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def image():
-    return load_image(ROOT / "app" / "examples" / "scene_dog_3.png")
+    return load_image(DEFAULT_EXAMPLE)
 
 
 @pytest.fixture(scope="module")
