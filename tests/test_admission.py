@@ -1,0 +1,196 @@
+"""The one admission control and the byte-bounded caches of ``simam_viz.service``.
+
+A public replica must survive visitors who flood it: optional work (trust checks, exports)
+never holds every slot, one session runs one job at a time, refusals are quick, every cache
+is bounded in bytes, and ``/metrics`` says what happened.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from helpers import noise_image, tiny_model
+
+from simam_viz.analysis import analyze
+from simam_viz.errors import BusyError
+from simam_viz.service import Admission, ResultCache, Service, nbytes_of
+
+
+def _hold(admission: Admission, what: str, session: str | None, entered: threading.Event,
+          release: threading.Event, errors: list) -> threading.Thread:
+    def body() -> None:
+        try:
+            with admission.slot(what, session):
+                entered.set()
+                release.wait(10)
+        except BusyError as exc:
+            errors.append(exc)
+            entered.set()
+    thread = threading.Thread(target=body)
+    thread.start()
+    entered.wait(10)
+    return thread
+
+
+def test_optional_work_leaves_one_slot_for_analyses() -> None:
+    admission = Admission(slots=2, wait_s=0.2)
+    release, errors = threading.Event(), []
+    holder = _hold(admission, "trust", "s1", threading.Event(), release, errors)
+    t0 = time.perf_counter()
+    with pytest.raises(BusyError, match="busy"):
+        with admission.slot("trust", "s2"):
+            pass
+    assert 0.15 < time.perf_counter() - t0 < 1.5  # refused after its wait, not queued forever
+    with admission.slot("analysis", "s3"):  # the slot optional work may not take
+        assert admission.busy == 2
+    release.set()
+    holder.join()
+    assert not errors and admission.busy == 0 and admission.busy_replies == {"slots": 1}
+
+
+def test_one_job_per_session_is_refused_at_once() -> None:
+    admission = Admission(slots=4, wait_s=5)
+    release, errors = threading.Event(), []
+    holder = _hold(admission, "analysis", "same", threading.Event(), release, errors)
+    t0 = time.perf_counter()
+    with pytest.raises(BusyError, match="previous request is still running"):
+        with admission.slot("export", "same"):
+            pass
+    assert time.perf_counter() - t0 < 0.1  # at once: no waiting for the slot
+    with admission.slot("export", "other"):  # other sessions are not affected
+        pass
+    release.set()
+    holder.join()
+    with admission.slot("export", "same"):  # and the session may run its next job
+        pass
+    assert admission.busy_replies == {"session": 1}
+
+
+def test_nested_work_runs_in_the_slot_it_is_in() -> None:
+    """An analysis that decodes its image inside its slot must not wait for a second one."""
+    admission = Admission(slots=1, wait_s=0.1)
+    with admission.slot("analysis", "s"), admission.slot("decode", "s"):
+        assert admission.busy == 1
+    assert admission.busy == 0 and admission.jobs == {"analysis": 1}
+
+
+def test_third_session_is_served_while_two_spam_trust_checks() -> None:
+    """Two sessions fire trust checks back to back; a third visitor's analysis still runs."""
+    service = Service(max_concurrent=2, wait_s=1.0)
+    stop = threading.Event()
+    checks: list[int] = []
+
+    def spam(session: str) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                service.compute(("trust", session, n), lambda: time.sleep(0.3) or n,
+                                what="trust", session=session)
+                checks.append(1)
+            except BusyError:
+                pass
+    spammers = [threading.Thread(target=spam, args=(s,)) for s in ("a", "b")]
+    for t in spammers:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    result, cached = service.compute(("analysis", "c"), lambda: "figures", what="analysis",
+                                     session="c")
+    waited = time.perf_counter() - t0
+    stop.set()
+    for t in spammers:
+        t.join()
+    assert result == "figures" and not cached and checks
+    assert waited < 0.5  # a slot was free for it: trust checks may hold only one of two
+
+
+def test_parallel_exports_never_exceed_the_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 export requests at once: at most SIMAM_VIZ_MAX_CONCURRENT run, the rest wait or hear
+    "busy" quickly, and each distinct export is built once."""
+    monkeypatch.setenv("SIMAM_VIZ_MAX_CONCURRENT", "3")
+    monkeypatch.setenv("SIMAM_VIZ_BUSY_WAIT_S", "0.5")
+    service = Service()
+    running, peak, builds = [0], [0], []
+    lock = threading.Lock()
+
+    def build(n: int) -> bytes:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            builds.append(n)
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return b"x" * 1000
+
+    outcomes: list[str] = []
+
+    def request(i: int) -> None:
+        try:
+            service.compute(("export", i % 5), lambda: build(i % 5), what="export",
+                            session=f"s{i}")
+            outcomes.append("ok")
+        except BusyError:
+            outcomes.append("busy")
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(20)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] <= 2  # 3 slots, of which exports (optional work) may hold 2
+    assert sorted(builds) == sorted(set(builds))  # single flight + cache: each built once
+    assert outcomes.count("ok") >= 5 and time.perf_counter() - t0 < 5
+    assert len(service.caches["export"]) == len(set(builds))
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    cache = ResultCache(capacity=100, max_bytes=100 * 2**20)
+    for i in range(3):
+        cache.put(i, np.zeros(40 * 2**20, dtype=np.uint8))  # 40 MB each
+    assert len(cache) == 2 and cache.get(0) is None and cache.bytes == 80 * 2**20
+    cache.put("huge", np.zeros(101 * 2**20, dtype=np.uint8))  # over the whole budget
+    assert cache.get("huge") is None and cache.bytes == 80 * 2**20
+    cache.put(1, b"small")  # replacing an entry returns its bytes
+    assert cache.bytes == 40 * 2**20 + 5
+
+
+def test_analysis_bytes_are_its_arrays() -> None:
+    """An analysis's estimated size is the size of the arrays it holds (counted once)."""
+    result = analyze(tiny_model(), noise_image(), blocks="all")
+    arrays = sum(a.nbytes for a in result.arrays().values())
+    pixels = result.image.size * (result.image.itemsize if hasattr(result.image, "itemsize")
+                                  else 1)
+    size = nbytes_of(result)
+    assert arrays <= size <= arrays + pixels + 2 * 2**20
+
+
+def test_analyses_and_trust_checks_have_separate_caches() -> None:
+    service = Service(max_concurrent=1)
+    service.compute(("a",), lambda: "analysis", what="analysis")
+    for i in range(100):
+        service.compute(("t", i), lambda i=i: f"check {i}", what="trust")
+    assert service.caches["analysis"].get(("a",)) == "analysis"  # not pushed out
+
+
+def test_metrics_count_jobs_waits_and_busy_replies() -> None:
+    service = Service(max_concurrent=1, wait_s=0.05)
+    service.compute(("x",), lambda: np.zeros(1000, dtype=np.float32), what="analysis")
+    release, errors = threading.Event(), []
+    holder = _hold(service.admission, "analysis", "s", threading.Event(), release, errors)
+    with pytest.raises(BusyError):
+        service.compute(("y",), lambda: 1, what="analysis")
+    text = service.metrics()
+    release.set()
+    holder.join()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["simam_viz_slots_total"] == 1 and values["simam_viz_slots_busy"] == 1
+    assert values['simam_viz_jobs_total{what="analysis"}'] == 1
+    assert values['simam_viz_busy_replies_total{reason="slots"}'] == 1
+    assert values['simam_viz_cache_bytes{cache="analysis"}'] == 4000
+    assert values["simam_viz_queue_wait_seconds_count"] == 2
