@@ -8,6 +8,12 @@ catalog and reruns, so the new model is offered at once. Every failure is the fe
 one line, which already says which URL to open and where to save the file by hand; the
 traceback goes to the log, not the page.
 
+The page may be public, so it never shows a server path: the folder is "the checkpoints
+folder" and files are named by their file name alone. ``SIMAM_VIZ_FETCH=0``
+(:func:`simam_viz.fetch.fetch_enabled`) removes the panel altogether, and a download takes one
+of the server's admission slots (``shared_service().admit("fetch", session)``), so it counts
+against the same bound as analyses; a busy server is one line, as anywhere else.
+
 Kept in its own module (not in ``streamlit_app.py``) so it can be tested on its own with
 ``AppTest`` and a registry whose URLs point at a local server.
 """
@@ -16,12 +22,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from simam_viz.errors import FetchError, SimamVizError
-from simam_viz.fetch import fetch
+from simam_viz.errors import SimamVizError
+from simam_viz.fetch import fetch, fetch_enabled
 from simam_viz.registry import (
     RegistryEntry,
     find_present,
@@ -33,6 +42,7 @@ __all__ = ["fetch_panel"]
 
 LOG = logging.getLogger("simam_viz.app")
 TITLE = "Official ImageNet weights"
+FOLDER_LABEL = "the checkpoints folder"  # what the page calls the folder: never its path
 # The success message must outlive the st.rerun() that makes the new file show up.
 _FLASH_KEY = "_fetch_panel_flash"
 
@@ -52,18 +62,22 @@ def fetch_panel(
     up in a published image: entries whose licence forbids it get the reason instead of a
     button. By default, as with ``simam-viz fetch NAME``, everything may be fetched: a user
     downloading for their own use at run time is what the licences allow.
+
+    With ``$SIMAM_VIZ_FETCH=0`` it draws nothing at all (the app calls it unconditionally).
     """
+    if not fetch_enabled():
+        return
     folder = Path(folder)
     flash = st.session_state.pop(_FLASH_KEY, None)
     with st.expander(TITLE, expanded=flash is not None):
         if flash is not None:
             st.success(flash)
-        st.caption(f"Files are saved to `{folder}`, verified against the published sha256.")
+        st.caption(f"Files are saved to {FOLDER_LABEL}, verified against the published sha256.")
         try:
             registry = load_registry()
-        except SimamVizError as exc:
-            LOG.exception("cannot read the checkpoint registry")
-            st.error(str(exc))
+        except SimamVizError:
+            LOG.exception("cannot read the checkpoint registry")  # its path is in the log only
+            st.error("The checkpoint registry cannot be read; the server log says why.")
             return
         missing = [e for e in registry.values() if find_present(e, folder) is None]
         if not missing:
@@ -126,17 +140,40 @@ def _run_fetch(
 
     try:
         with st.spinner(f"Fetching {entry.title}…"):
-            path = fetch(entry, folder, progress=False, on_progress=on_progress)
-    except (FetchError, OSError) as exc:
-        # OSError: the verified file could not be renamed into place (permissions).
+            path = fetch(entry, folder, progress=False, on_progress=on_progress,
+                         folder_label=FOLDER_LABEL, admission=_admission)
+    except (SimamVizError, OSError) as exc:
+        # SimamVizError: FetchError (already one line naming no path) or BusyError.
+        # OSError: the folder could not even be read; its message may hold paths.
         LOG.exception("fetching %s into %s failed", entry.name, folder)
         bar.empty()
-        message = str(exc) if isinstance(exc, FetchError) else (
-            f"{entry.name}: cannot save {folder / entry.filename} ({exc})")
-        st.error(message.splitlines()[0] if message else entry.name)
+        st.error(_public_line(entry, folder, exc))
         return
     bar.empty()
-    st.session_state[_FLASH_KEY] = f"Fetched {entry.title}: saved and verified as {path}."
+    st.session_state[_FLASH_KEY] = (
+        f"Fetched {entry.title}: saved and verified as {path.name} in {FOLDER_LABEL}.")
     if on_fetched is not None:
         on_fetched()
     st.rerun()
+
+
+def _admission() -> AbstractContextManager[Any]:
+    """One of the server's admission slots for the download (not for waiting on another
+    session's download of the same file: ``fetch`` enters this only when it downloads)."""
+    from simam_viz.service import shared_service
+
+    ctx = get_script_run_ctx()  # the session: one heavy job per session
+    return shared_service().admit("fetch", None if ctx is None else ctx.session_id)
+
+
+def _public_line(entry: RegistryEntry, folder: Path, exc: Exception) -> str:
+    """The failure as one line fit for a public page: no server path in it."""
+    if isinstance(exc, SimamVizError):
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else entry.name
+    else:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        message = f"{entry.name}: cannot use {FOLDER_LABEL} ({reason})"
+    # a last guard: whatever a message says, the folder's path is not shown
+    for path in sorted({str(folder.resolve()), str(folder)}, key=len, reverse=True):
+        message = message.replace(path, FOLDER_LABEL)
+    return message

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,42 @@ def _cached_sha256(path: Path) -> str:
         return digest
 
 
+# What each unknown file is (None: not a checkpoint this product can load), per path, with the
+# file_version it was identified at. Identifying means loading the whole file, and
+# available() runs every 20 s in the app, so an unchanged file is read once per process and
+# a replaced one again. Bounded (least recently asked for first out): a folder with more
+# files than this still works, it is only read more often.
+_IDENTITIES: OrderedDict[Path, tuple[tuple[int, ...], CheckpointIdentity | None]] = OrderedDict()
+_IDENTITIES_MAX = 256
+_IDENTITIES_LOCK = threading.Lock()
+
+
+def _cached_identity(path: Path) -> CheckpointIdentity | None:
+    """``identify_checkpoint(path)``, or None when it is not a loadable checkpoint, read from
+    disk only when the file's ``file_version`` changed (held under the lock, like hashing, so
+    two sessions do not both load one file)."""
+    key = path.resolve()
+    with _IDENTITIES_LOCK:
+        try:
+            version = file_version(key)
+        except OSError:  # gone since the folder was listed
+            _IDENTITIES.pop(key, None)
+            return None
+        cached = _IDENTITIES.get(key)
+        if cached is not None and cached[0] == version:
+            _IDENTITIES.move_to_end(key)
+            return cached[1]
+        try:
+            ident: CheckpointIdentity | None = identify_checkpoint(key)
+        except CheckpointError:
+            ident = None
+        _IDENTITIES[key] = (version, ident)
+        _IDENTITIES.move_to_end(key)
+        while len(_IDENTITIES) > _IDENTITIES_MAX:
+            _IDENTITIES.popitem(last=False)
+        return ident
+
+
 def _official_verdict(entry: RegistryEntry, path: Path) -> str | None:
     """None when ``path`` may be called official, else why not ("hash mismatch", ...).
 
@@ -183,7 +220,8 @@ def available(folder: str | Path | None = None) -> list[CatalogItem]:
     """Every loadable-looking checkpoint: demo set first, then official, then user files.
 
     Official files whose bytes differ from the published hash come back with source
-    ``"unverified"`` and no top-1 (hashed once per file version, see ``_DIGESTS``).
+    ``"unverified"`` and no top-1 (hashed once per file version, see ``_DIGESTS``); other
+    files are identified once per file version (``_IDENTITIES``).
     """
     folder = Path(folder) if folder is not None else checkpoints_dir()
     items = _demo_items(folder)
@@ -206,9 +244,8 @@ def available(folder: str | Path | None = None) -> list[CatalogItem]:
             continue
         if path.parent.name == "demo" and path.suffix == ".safetensors":
             continue
-        try:
-            ident: CheckpointIdentity = identify_checkpoint(path)
-        except CheckpointError:
+        ident = _cached_identity(path)
+        if ident is None:
             continue
         rel = path.relative_to(folder).as_posix()
         items.append(CatalogItem(f"file/{rel}", path, ident.arch, "user file"))

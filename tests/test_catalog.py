@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 from helpers import registry_entry
 
 from simam_viz import catalog
+from simam_viz.checkpoints import CheckpointIdentity
+from simam_viz.errors import CheckpointError
 from simam_viz.registry import load_registry
 
 GOOD = b"the published weights" * 1000
@@ -33,6 +36,7 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_registry) -> Pat
                  _entry("prefixed", "prefixed.pth", sha256=None,
                         sha256_prefix=hashlib.sha256(GOOD).hexdigest()[:8], top1=80.86))
     monkeypatch.setattr(catalog, "_DIGESTS", {})
+    monkeypatch.setattr(catalog, "_IDENTITIES", OrderedDict())
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     return ckpts
@@ -102,6 +106,59 @@ def test_unchanged_file_is_hashed_once(folder: Path, monkeypatch: pytest.MonkeyP
         assert _by_key(folder)["official/net"].source == "official"
     assert calls == [target.resolve()] * 2
     assert len(catalog._DIGESTS) == 1  # one entry per path, old versions dropped
+
+
+def _counting_identify(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stand in for the loader: ``*.pth`` files are ResNet-50s, anything else is refused;
+    returns the names it was asked to read, in order."""
+    calls: list[str] = []
+
+    def identify(path) -> CheckpointIdentity:
+        calls.append(Path(path).name)
+        if Path(path).read_bytes().startswith(b"junk"):
+            raise CheckpointError("not a checkpoint")
+        return CheckpointIdentity("torchvision", "resnet50", 1000, "v1.5")
+
+    monkeypatch.setattr(catalog, "identify_checkpoint", identify)
+    return calls
+
+
+def test_unknown_files_are_identified_once_per_version(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """available() runs every 20 s: an unchanged user file is not loaded again, a replaced
+    one is, and a file that is no checkpoint is not retried until it changes either."""
+    calls = _counting_identify(monkeypatch)
+    (folder / "mine.pth").write_bytes(b"weights v1")
+    (folder / "broken.pth").write_bytes(b"junk")
+    for _ in range(3):
+        items = _by_key(folder)
+        assert items["file/mine.pth"].source == "user file" and "file/broken.pth" not in items
+    assert sorted(calls) == ["broken.pth", "mine.pth"]
+
+    fresh = folder / ".mine.part"  # replaced as a copy tool or fetch would: a new file
+    fresh.write_bytes(b"weights v2, another size")
+    os.replace(fresh, folder / "mine.pth")
+    (folder / "broken.pth").write_bytes(b"fixed now")  # rewritten in place
+    for _ in range(2):
+        assert {"file/mine.pth", "file/broken.pth"} <= set(_by_key(folder))
+    assert sorted(calls) == ["broken.pth", "broken.pth", "mine.pth", "mine.pth"]
+    assert len(catalog._IDENTITIES) == 2  # one entry per path, old versions dropped
+
+
+def test_identity_cache_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More files than the cache holds still all work: the least recently asked for is read
+    again, the others are not."""
+    calls = _counting_identify(monkeypatch)
+    monkeypatch.setattr(catalog, "_IDENTITIES_MAX", 2)
+    for name in ("a.pth", "b.pth", "c.pth"):
+        (folder / name).write_bytes(b"w")
+    assert {"file/a.pth", "file/b.pth", "file/c.pth"} <= set(_by_key(folder))
+    assert len(catalog._IDENTITIES) == 2  # a was dropped for c
+    (folder / "b.pth").unlink()
+    keys = set(_by_key(folder))
+    assert {"file/a.pth", "file/c.pth"} <= keys and "file/b.pth" not in keys
+    assert calls == ["a.pth", "b.pth", "c.pth", "a.pth"]  # c was still cached
 
 
 def test_app_and_cli_list_the_same_files_and_skip_dot_folders(tmp_path: Path) -> None:

@@ -1,25 +1,40 @@
 """Registry and fetch, against a local HTTP server on 127.0.0.1 only (never the internet).
 
 Google Drive is stood in for by a fake ``gdown`` module; every failure must leave the
-destination folder exactly as it was: no final-named half file, no temporary file.
+destination folder exactly as it was: no final-named half file, no temporary file. The app
+fetches for anyone who opens the page, so the bounds are tested too: one download per entry,
+a byte cap, no https -> http redirect, a cooldown after a failure, no paths when asked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import io
 import json
+import os
 import socket
+import threading
+import time
 import urllib.error
+import urllib.request
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from helpers import file_names
-from localhttp import QuietHandler, closed_port
+from helpers import file_names, one_line
+from localhttp import QuietHandler, closed_port, local_server
 
+from simam_viz import fetch as fetch_module
 from simam_viz.errors import FetchError, SimamVizError
-from simam_viz.fetch import _pick_resnet50, fetch
+from simam_viz.fetch import (
+    _pick_resnet50,
+    fetch,
+    fetch_enabled,
+    manual_instructions,
+    max_download_bytes,
+)
 from simam_viz.registry import (
     REGISTRY_PATH,
     checkpoints_dir,
@@ -58,6 +73,28 @@ class _Handler(QuietHandler):
             self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
             self.wfile.flush()
             self.close_connection = True
+        elif self.path == "/redirect.pth":
+            self.send_response(302)
+            self.send_header("Location", "/ok.pth")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/endless.pth":  # no length, bytes until the client hangs up
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            block = b"x" * 65536
+            try:
+                for _ in range(1 << 16):  # 4 GiB at most, should the client never stop
+                    self.wfile.write(block)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+        elif self.path == "/huge.pth":  # announces a terabyte
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**12))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
         else:
             self.send_error(404)
 
@@ -75,6 +112,13 @@ def _entry(url: str, **changes):
 
 def _no_network(*args, **kwargs):
     raise AssertionError("the network must not be used")
+
+
+@pytest.fixture(autouse=True)
+def _no_earlier_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without another test's failed fetch cooling down."""
+    monkeypatch.setattr(fetch_module, "_FAILURES", {})
+    monkeypatch.delenv("SIMAM_VIZ_FETCH_COOLDOWN_S", raising=False)
 
 
 # ---- registry -------------------------------------------------------------------------------
@@ -389,3 +433,269 @@ def test_gdrive_file_failures_leave_nothing(tmp_path: Path, payload, expected: s
     assert "\n" not in message
     assert "download https://drive.google.com/file/d/1mvAVvhLR_2XY_bPYxh-SEz4vDmGzSArO" in message
     assert file_names(tmp_path) == []
+
+
+# ---- the app's switch, and messages without paths ---------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "enabled"), [
+    (None, True), ("1", True), ("0", False), (" 0 ", False), ("off", False), ("yes", True)])
+def test_fetch_enabled_reads_the_public_switch(monkeypatch: pytest.MonkeyPatch,
+                                               value: str | None, enabled: bool) -> None:
+    if value is None:
+        monkeypatch.delenv("SIMAM_VIZ_FETCH", raising=False)
+    else:
+        monkeypatch.setenv("SIMAM_VIZ_FETCH", value)
+    assert fetch_enabled() is enabled
+
+
+def test_manual_instructions_can_name_the_folder_without_its_path(tmp_path: Path) -> None:
+    entry = _entry("https://example.org/x.pth")
+    assert manual_instructions(entry, tmp_path) == (
+        f"download https://example.org/x.pth by hand and save it as {tmp_path / entry.filename}")
+    assert manual_instructions(entry, tmp_path, folder_label="the checkpoints folder") == (
+        f"download https://example.org/x.pth by hand and save it as {entry.filename} in the "
+        "checkpoints folder")
+    simam = load_registry()["simam_resnet50-official"]
+    text = manual_instructions(simam, tmp_path, folder_label="the checkpoints folder")
+    assert "save it as model_best_in_100_epochs.pth.tar (or as checkpoint.pth.tar" in text
+    assert text.endswith(") in the checkpoints folder")
+    assert str(tmp_path) not in text
+
+
+def _read_only(folder: Path, entry) -> Path:
+    raise OSError(errno.EROFS, "Read-only file system", str(folder / f".{entry.filename}.part"))
+
+
+def test_read_only_folder_is_said_plainly(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fetch_module, "_temp_path", _read_only)
+    entry = _entry("http://127.0.0.1:1/never")
+    with pytest.raises(FetchError) as exc:  # the CLI: the path, and the system's reason
+        fetch(entry, tmp_path, opener=_no_network)
+    assert one_line(exc) == f"resnet50-tv-v1: cannot write to {tmp_path} (Read-only file system)"
+    with pytest.raises(FetchError) as exc:  # the app: no path at all
+        fetch(entry, tmp_path, opener=_no_network, folder_label="the checkpoints folder")
+    assert one_line(exc) == (
+        "resnet50-tv-v1: the checkpoints folder is read-only on this server; an operator can "
+        f"add {entry.filename} to it (`simam-viz fetch resnet50-tv-v1`)")
+    assert fetch_module._FAILURES == {}  # the server was never asked: nothing to cool down
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into a read-only mode folder anyway")
+def test_read_only_mode_folder(tmp_path: Path) -> None:
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(FetchError, match="the checkpoints folder is read-only on this"):
+            fetch(_entry("http://127.0.0.1:1/never"), tmp_path, opener=_no_network,
+                  folder_label="the checkpoints folder")
+    finally:
+        tmp_path.chmod(0o755)
+    assert file_names(tmp_path) == []
+
+
+def test_refused_rename_leaves_nothing_and_names_no_path(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(fetch_module, "readable_by_all", refuse)
+    with pytest.raises(FetchError, match="the checkpoints folder is read-only") as exc:
+        fetch(_entry(f"{http_server}/ok.pth"), tmp_path, folder_label="the checkpoints folder")
+    assert str(tmp_path) not in one_line(exc) and file_names(tmp_path) == []
+
+
+# ---- bounds: one download per entry, a byte cap, no downgrade, a cooldown --------------------
+
+
+def _two_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: bytes):
+    """Two threads fetch one entry from a server that holds its answer until the second
+    thread is waiting; returns ({thread: path or exception}, paths requested, temp files)."""
+    started, release = threading.Event(), threading.Event()
+    requested: list[str] = []
+
+    class Slow(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            requested.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            started.set()
+            release.wait(20)
+            for i in range(0, len(body), 65536):  # slowly, in pieces
+                self.wfile.write(body[i:i + 65536])
+                time.sleep(0.002)
+
+    temps: list[Path] = []
+    real_temp = fetch_module._temp_path
+
+    def counting_temp(folder: Path, entry) -> Path:
+        temps.append(real_temp(folder, entry))
+        return temps[-1]
+
+    joined = threading.Event()
+    real_outcome = fetch_module._Flight.outcome
+
+    def outcome(self, entry):
+        joined.set()
+        return real_outcome(self, entry)
+
+    monkeypatch.setattr(fetch_module, "_temp_path", counting_temp)
+    monkeypatch.setattr(fetch_module._Flight, "outcome", outcome)
+    results: dict[str, object] = {}
+    with local_server(Slow) as url:
+        entry = _entry(f"{url}/slow.pth")
+
+        def run(name: str) -> None:
+            try:
+                results[name] = fetch(entry, tmp_path)
+            except Exception as exc:  # noqa: BLE001 - compared below
+                results[name] = exc
+
+        threads = {name: threading.Thread(target=run, args=(name,)) for name in ("a", "b")}
+        threads["a"].start()
+        assert started.wait(20)
+        threads["b"].start()
+        assert joined.wait(20)  # b waits for a's download instead of starting its own
+        assert len([p for p in tmp_path.iterdir() if p.name.endswith(".part")]) == 1
+        release.set()
+        for thread in threads.values():
+            thread.join(30)
+    return results, requested, temps
+
+
+def test_concurrent_fetches_of_one_entry_download_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results, requested, temps = _two_at_once(tmp_path, monkeypatch, PAYLOAD)
+    final = tmp_path / _entry("x").filename
+    assert results == {"a": final, "b": final} and final.read_bytes() == PAYLOAD
+    assert requested == ["/slow.pth"] and len(temps) == 1
+    assert file_names(tmp_path) == [final.name]
+    assert fetch_module._FLIGHTS == {}
+
+
+def test_concurrent_fetches_share_the_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results, requested, temps = _two_at_once(tmp_path, monkeypatch, b"not the weights" * 999)
+    a, b = results["a"], results["b"]
+    assert isinstance(a, FetchError) and isinstance(b, FetchError) and a is not b
+    assert str(a) == str(b) and "sha256 mismatch" in str(a)
+    assert requested == ["/slow.pth"] and len(temps) == 1 and file_names(tmp_path) == []
+
+
+def test_endless_download_is_stopped_and_discarded(http_server: str, tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(FetchError, match="stopped after 2 MB: more than this checkpoint") as exc:
+        fetch(_entry(f"{http_server}/endless.pth"), tmp_path, max_bytes=2_000_000)
+    assert time.monotonic() - start < 20
+    assert "by hand" in one_line(exc) and file_names(tmp_path) == []
+
+
+def test_announced_size_over_the_cap_is_refused_at_once(http_server: str,
+                                                        tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match=r"announced 1000000 MB, more than this checkpoint "
+                                         r"can be \(400 MB at most\); refused"):
+        fetch(_entry(f"{http_server}/huge.pth"), tmp_path)
+    assert file_names(tmp_path) == []
+
+
+def test_byte_cap_defaults() -> None:
+    entry = _entry("x")
+    assert max_download_bytes(dataclasses.replace(entry, size_mb=None)) == 400_000_000
+    assert max_download_bytes(dataclasses.replace(entry, size_mb=97.8)) == 146_700_000
+    assert max_download_bytes(dataclasses.replace(entry, size_mb=2)) == 16_000_000
+
+
+def test_gdrive_download_is_capped_too(tmp_path: Path) -> None:
+    entry = load_registry()["eca_resnet50-official"]
+    with pytest.raises(FetchError, match="stopped after 1000 bytes"):
+        fetch(entry, tmp_path, gdown=_FakeGdown([], PAYLOAD), max_bytes=1000)
+    assert file_names(tmp_path) == []
+
+
+def test_https_redirect_to_anything_else_is_refused() -> None:
+    handler = fetch_module._NoDowngradeRedirect()
+    secure = urllib.request.Request("https://download.pytorch.org/models/x.pth")
+    for target, scheme in (("http://mirror.example/x.pth", "http"),
+                           ("ftp://mirror.example/x.pth", "ftp")):
+        body = io.BytesIO(b"moved")
+        with pytest.raises(FetchError, match=f"^refused a redirect from https to {scheme}$"):
+            handler.redirect_request(secure, body, 302, "Found", {}, target)
+        assert body.closed
+    kept = handler.redirect_request(secure, io.BytesIO(), 301, "Moved", {},
+                                    "https://cdn.example/x.pth")
+    assert kept.full_url == "https://cdn.example/x.pth"
+    plain = urllib.request.Request("http://example.org/x.pth")
+    assert handler.redirect_request(plain, io.BytesIO(), 302, "Found", {},
+                                    "http://cdn.example/x.pth").full_url.startswith("http://")
+
+
+def test_default_opener_follows_redirects_through_the_guard(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    real = fetch_module._NoDowngradeRedirect.redirect_request
+
+    def spy(self, req, fp, code, msg, headers, newurl):
+        seen.append(newurl)
+        return real(self, req, fp, code, msg, headers, newurl)
+
+    monkeypatch.setattr(fetch_module._NoDowngradeRedirect, "redirect_request", spy)
+    path = fetch(_entry(f"{http_server}/redirect.pth"), tmp_path)
+    assert path.read_bytes() == PAYLOAD and seen == [f"{http_server}/ok.pth"]
+
+
+def test_failure_cools_down_without_the_network(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(fetch_module, "_now", lambda: clock[0])
+    failing = _entry(f"{http_server}/missing.pth")
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch(failing, tmp_path)
+    clock[0] += 12
+    with pytest.raises(FetchError) as exc:
+        fetch(failing, tmp_path, opener=_no_network)
+    message = one_line(exc)
+    assert message.startswith("resnet50-tv-v1: the last download failed 12 s ago; retry in 48 s")
+    assert "by hand and save it as" in message
+    clock[0] += 48  # cooled down: the network is tried again, and a success forgets the failure
+    assert fetch(_entry(f"{http_server}/ok.pth"), tmp_path).read_bytes() == PAYLOAD
+    assert fetch_module._FAILURES == {}
+
+
+def test_cooldown_is_per_folder_and_skipped_for_a_present_file(
+    http_server: str, tmp_path: Path
+) -> None:
+    failing = _entry(f"{http_server}/missing.pth")
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch(failing, tmp_path / "a")
+    with pytest.raises(FetchError, match="HTTP 404"):  # another folder is another download
+        fetch(failing, tmp_path / "b")
+    (tmp_path / "a" / failing.filename).write_bytes(PAYLOAD)  # put there by hand meanwhile
+    assert fetch(failing, tmp_path / "a", opener=_no_network).read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize(("env", "keyword", "retry"), [
+    ("0", None, None), ("5", None, "retry in 5 s"), ("junk", None, "retry in 60 s"),
+    (None, 0, None), ("0", 30, "retry in 30 s")])
+def test_cooldown_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | None, keyword: float | None,
+    retry: str | None,
+) -> None:
+    """``$SIMAM_VIZ_FETCH_COOLDOWN_S`` (0: none), overridden by the ``cooldown_s`` keyword."""
+    if env is not None:
+        monkeypatch.setenv("SIMAM_VIZ_FETCH_COOLDOWN_S", env)
+    monkeypatch.setattr(fetch_module, "_now", lambda: 50.0)
+    url = f"http://127.0.0.1:{closed_port()}/x.pth"
+    for _ in range(2):
+        with pytest.raises(FetchError) as exc:
+            fetch(_entry(url), tmp_path, cooldown_s=keyword)
+    message = one_line(exc)
+    if retry is None:
+        assert "cannot reach the server" in message  # the network was tried again
+    else:
+        assert f"failed 0 s ago; {retry}," in message

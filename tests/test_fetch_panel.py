@@ -2,11 +2,14 @@
 
 The registry is a temporary file named by ``SIMAM_VIZ_REGISTRY`` whose URLs point at a local
 HTTP server on 127.0.0.1 (or at a closed port there), so nothing leaves the machine. Every
-failure must leave the checkpoints folder untouched and show one error line.
+failure must leave the checkpoints folder untouched and show one error line, and no page may
+show a server path (the folder is "the checkpoints folder").
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 from pathlib import Path
@@ -14,6 +17,9 @@ from pathlib import Path
 import pytest
 from helpers import APP_DIR, file_names, registry_entry
 from localhttp import closed_port
+
+from simam_viz import fetch as fetch_module
+from simam_viz.errors import BusyError
 
 PAYLOAD = bytes(range(256)) * (3 * 4096)  # 3 MiB: several chunks, so progress is reported
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -50,6 +56,12 @@ fetch_panel(Path({folder!r}), on_fetched=on_fetched, redistributable_only={close
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_earlier_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without another test's failed fetch cooling down."""
+    monkeypatch.setattr(fetch_module, "_FAILURES", {})
+
+
 def _app(folder: Path, *, closed_only: bool = False):
     from streamlit.testing.v1 import AppTest
 
@@ -58,8 +70,33 @@ def _app(folder: Path, *, closed_only: bool = False):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.label for e in at.expander] == ["Official ImageNet weights"]
-    assert any(str(folder) in c.value for c in at.caption)  # where files go
+    assert [c.value for c in at.caption][:1] == [
+        "Files are saved to the checkpoints folder, verified against the published sha256."]
+    _assert_no_server_path(at, folder)
     return at
+
+
+def _page_text(at) -> str:
+    """Everything the page holds (every element's protobuf as text): labels, captions,
+    messages, progress texts."""
+    parts: list[str] = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            parts.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(parts)
+
+
+def _assert_no_server_path(at, folder: Path) -> None:
+    text = _page_text(at)
+    assert "Official ImageNet weights" in text or not at.expander  # the walk sees the page
+    for path in {str(folder), str(folder.resolve()), str(folder.parent)}:
+        assert path not in text
 
 
 def _buttons(at) -> list[str]:
@@ -83,7 +120,8 @@ def test_fetch_success_shows_the_file_and_drops_the_entry(
     assert (folder / "tiny.pth").read_bytes() == PAYLOAD
     assert file_names(folder) == ["tiny.pth"]  # no .part temp file left behind
     assert [s.value for s in at.success] == [
-        f"Fetched Tiny tiny: saved and verified as {folder / 'tiny.pth'}."]
+        "Fetched Tiny tiny: saved and verified as tiny.pth in the checkpoints folder."]
+    _assert_no_server_path(at, folder)
     assert at.session_state["fetched"] == 1  # the app's cache was told, once
     assert _buttons(at) == ["fetch_other"]  # the rerun already lists it as present
 
@@ -112,6 +150,7 @@ def _failed_fetch(folder: Path, caplog: pytest.LogCaptureFixture):
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "\n" not in errors[0]
     assert any(r.name == "simam_viz.app" and r.exc_info for r in caplog.records)
+    _assert_no_server_path(at, folder)
     return at, errors[0]
 
 
@@ -126,16 +165,87 @@ def test_hash_mismatch_is_one_error_and_writes_nothing(
     assert at.session_state["fetched"] == 0 and _buttons(at) == ["fetch_tiny"]
 
 
-def test_offline_names_the_url_and_the_folder(
+def test_offline_names_the_url_and_the_folder_not_its_path(
     tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}/tiny.pth"
     use_registry(_entry("tiny", url))
     folder = tmp_path / "ckpts"
-    _, error = _failed_fetch(folder, caplog)
+    at, error = _failed_fetch(folder, caplog)
+    assert "by hand and save it as tiny.pth in" in _page_text(at)  # the walk sees the error
     assert "cannot reach the server" in error
-    assert f"download {url} by hand and save it as {folder / 'tiny.pth'}" in error
+    assert f"download {url} by hand and save it as tiny.pth in the checkpoints folder" in error
     assert file_names(folder) == []
+
+
+def test_read_only_folder_is_one_line_without_paths(
+    tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Docker image and the Kubernetes mount keep the folder read-only: say that, not
+    mkstemp's error with its path. (Tests run as root, where chmod cannot make a folder
+    read-only, so the refusal is the kernel's, raised where the temporary file is made.)"""
+    def read_only(folder: Path, entry) -> Path:
+        raise OSError(errno.EROFS, "Read-only file system", str(folder / ".tiny.pth.x.part"))
+
+    monkeypatch.setattr(fetch_module, "_temp_path", read_only)
+    use_registry(_entry("tiny", f"http://127.0.0.1:{closed_port()}/tiny.pth"))
+    folder = tmp_path / "ckpts"
+    _, error = _failed_fetch(folder, caplog)
+    assert error == ("tiny: the checkpoints folder is read-only on this server; an operator "
+                     "can add tiny.pth to it (`simam-viz fetch tiny`)")
+    assert file_names(folder) == []
+
+
+def test_busy_server_is_one_line_and_not_a_failure(
+    http_server: str, tmp_path: Path, use_registry, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fetch takes one of the server's admission slots; none free is "busy, retry", and
+    the next click downloads (a busy server is not the upstream's failure: no cooldown)."""
+    from simam_viz.service import shared_service
+
+    asked: list[tuple[str, object]] = []
+
+    @contextlib.contextmanager
+    def busy(what: str, session=None):
+        asked.append((what, session))
+        raise BusyError("the server is busy with other analyses; please retry in a moment")
+        yield  # pragma: no cover
+
+    use_registry(_entry("tiny", f"{http_server}/tiny.pth"))
+    folder = tmp_path / "ckpts"
+    with monkeypatch.context() as patch:
+        patch.setattr(shared_service(), "admit", busy)
+        at, error = _failed_fetch(folder, caplog)
+    assert error == "the server is busy with other analyses; please retry in a moment"
+    assert [what for what, _ in asked] == ["fetch"] and file_names(folder) == []
+
+    at.button(key="fetch_tiny").click().run()  # the real admission control: a slot is free
+    assert not at.error and file_names(folder) == ["tiny.pth"]
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", False), ("1", True), (None, True)])
+def test_public_switch_hides_the_whole_panel(
+    http_server: str, tmp_path: Path, use_registry, monkeypatch: pytest.MonkeyPatch,
+    value: str | None, shown: bool,
+) -> None:
+    """SIMAM_VIZ_FETCH=0: no expander, no title, no button; the app calls the panel anyway."""
+    from streamlit.testing.v1 import AppTest
+
+    if value is None:
+        monkeypatch.delenv("SIMAM_VIZ_FETCH", raising=False)
+    else:
+        monkeypatch.setenv("SIMAM_VIZ_FETCH", value)
+    use_registry(_entry("tiny", f"{http_server}/tiny.pth"))
+    script = SCRIPT.format(app_dir=str(APP_DIR), folder=str(tmp_path), closed_only=False)
+    at = AppTest.from_string(script, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert bool(at.expander) is shown and bool(at.button) is shown
+    assert ("Official ImageNet weights" in _page_text(at)) is shown
+    if not shown:
+        assert not at.caption and not at.markdown and not at.error
 
 
 def test_redistributable_only_gives_the_reason_instead_of_a_button(
@@ -149,3 +259,15 @@ def test_redistributable_only_gives_the_reason_instead_of_a_button(
     assert any("'closed' may not be redistributed" in c.value for c in at.caption)
     assert any("not redistributable" in m.value for m in at.markdown)
     assert _buttons(_app(tmp_path / "ckpts")) == ["fetch_tiny", "fetch_closed"]  # default
+
+
+def test_unreadable_registry_is_one_line_without_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SIMAM_VIZ_REGISTRY", str(tmp_path / "missing" / "registry.json"))
+    with caplog.at_level(logging.ERROR, logger="simam_viz.app"):
+        at = _app(tmp_path / "ckpts")  # no path anywhere on the page, checked there
+    assert [e.value for e in at.error] == [
+        "The checkpoint registry cannot be read; the server log says why."]
+    assert any("cannot read checkpoint registry" in str(r.exc_info[1]) for r in caplog.records
+               if r.exc_info)
