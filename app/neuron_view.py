@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 from torch import nn
-from widgets import kept, remember
+from widgets import kept, remember, session_id
 
 from simam_viz import figures, neuron_charts, neuron_figures
 from simam_viz.analysis import Analysis
@@ -35,7 +35,7 @@ def recorded(key: str, model: nn.Module, image: Callable[[], Image.Image], block
     record, _ = shared_service().compute(
         ("simam-record", key, block),
         lambda: record_simam(model, image(), block=block, simam_lambda=lam),
-        what="SimAM recording")
+        what="recording", session=session_id())
     return record
 
 

@@ -8,6 +8,15 @@ immediately, and the first visitor finds the default models loaded and the defau
 already analysed in the process-wide caches that the page uses (``simam_viz.service``).
 The page itself is ``streamlit_app.py``; ``streamlit run app/streamlit_app.py`` still works,
 cold.
+
+Besides the page, the app serves what an orchestrator and an operator need:
+
+- ``/readyz``: 503 until the warm-up has succeeded, then 200. A replica that is alive but
+  cold must not get visitors (``/_stcore/health`` answers 0.6 s after start, long before the
+  models are loaded), and one whose warm-up failed stays out (503, reason in the log).
+- ``/metrics``: the admission control's state in Prometheus' text format (slots busy, queue
+  wait, busy replies, jobs and their seconds, cache bytes), for dashboards and autoscalers.
+- :class:`upload_guard.UploadCap`: at most a few uploaded files held per browser session.
 """
 
 from __future__ import annotations
@@ -22,20 +31,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 from streamlit.starlette import App
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from logs import setup_logging  # noqa: E402
 from paths import DEFAULT_EXAMPLE, EXAMPLES  # noqa: E402
+from upload_guard import UploadCap  # noqa: E402
 
 LOG = logging.getLogger("simam_viz.app")
+# "warming up" until warm() ends; then "ready" or "warm-up failed" (what /readyz answers)
+READINESS = {"state": "warming up"}
 
 
 def warm() -> None:
     """Import what the page imports, load the default models, analyse the default example."""
     start = time.perf_counter()
     try:
+        # a drill for operators and tests: how the orchestrator treats a slow start
+        time.sleep(float(os.environ.get("SIMAM_VIZ_WARM_DELAY_S", "0")))
         import plotly.graph_objects  # noqa: F401  (the Channels view's charts)
         import torch
 
@@ -58,9 +76,33 @@ def warm() -> None:
         # of the collector's full passes, which would otherwise walk it again and again
         gc.collect()
         gc.freeze()
+        if not models:
+            raise RuntimeError("no checkpoint to serve")
         LOG.info("warm-up done in %.1f s (%d models)", time.perf_counter() - start, len(models))
-    except Exception:  # a failed warm-up only means a slower first visit
-        LOG.warning("warm-up failed; the first visitor will load everything", exc_info=True)
+        READINESS["state"] = "ready"
+    except Exception:  # the replica stays alive (liveness) but never ready: no visitor here
+        READINESS["state"] = "warm-up failed"
+        LOG.error("warm-up failed; /readyz answers 503 and no visitor is sent here",
+                  exc_info=True)
+
+
+async def readyz(_request: Request) -> PlainTextResponse:
+    """200 once the warm-up has succeeded; 503 while warming up or after it failed."""
+    state = READINESS["state"]
+    return PlainTextResponse(state, status_code=200 if state == "ready" else 503,
+                             headers={"Cache-Control": "no-store"})
+
+
+async def metrics(_request: Request) -> PlainTextResponse:
+    """The admission control and caches in Prometheus' text format, plus readiness."""
+    from simam_viz.service import shared_service
+
+    ready = int(READINESS["state"] == "ready")
+    text = shared_service().metrics() + (
+        "# HELP simam_viz_ready 1 once the warm-up has succeeded.\n"
+        f"# TYPE simam_viz_ready gauge\nsimam_viz_ready {ready}\n")
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
+                             headers={"Cache-Control": "no-store"})
 
 
 @asynccontextmanager
@@ -68,7 +110,11 @@ async def lifespan(_app: App) -> AsyncIterator[None]:
     setup_logging()
     if os.environ.get("SIMAM_VIZ_WARM", "1") != "0":
         threading.Thread(target=warm, name="simam-viz-warm-up", daemon=True).start()
+    else:  # the operator chose a cold start: ready as soon as it listens
+        READINESS["state"] = "ready"
     yield
 
 
-app = App(str(HERE / "streamlit_app.py"), lifespan=lifespan)
+app = App(str(HERE / "streamlit_app.py"), lifespan=lifespan,
+          routes=[Route("/readyz", readyz), Route("/metrics", metrics)],
+          middleware=[Middleware(UploadCap)])

@@ -16,6 +16,7 @@ import logging
 import sys
 import tempfile
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,7 +31,15 @@ from logs import setup_logging  # noqa: E402
 from neuron_view import view_explain  # noqa: E402
 from paths import DEFAULT_EXAMPLE, EXAMPLES  # noqa: E402
 from trust_view import TrustCheck, finished_checks, view_trust  # noqa: E402
-from widgets import DEFAULT_STAGE, choose_block, default_index, kept, remember  # noqa: E402
+from upload_guard import refusal_for  # noqa: E402
+from widgets import (  # noqa: E402
+    DEFAULT_STAGE,
+    choose_block,
+    default_index,
+    kept,
+    remember,
+    session_id,
+)
 
 from simam_viz import catalog, charts, figures  # noqa: E402
 from simam_viz.analysis import Analysis  # noqa: E402
@@ -52,6 +61,7 @@ VIEWS = ["Compare models", "Inside SimAM", "Explain SimAM", "Channels", "Trust",
          "About"]
 BLOCKS = [f"layer{s + 1}.{b}" for s, n in enumerate(STAGE_BLOCKS) for b in range(n)]
 LAST_BLOCK = BLOCKS[-1]
+KEEP_SIDE = 1024  # longer side of the decoded copy the app keeps of an upload
 
 ABOUT = """
 **SimAM** gives every neuron of a feature map its own weight, with no parameters to learn.
@@ -92,13 +102,20 @@ def loaded_versions() -> dict[tuple[str, str], tuple[int, ...]]:
     return {}
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
-def decoded(sha: str, _data: bytes):
-    """The decoded image for these bytes (errors are not cached: a bad file fails each time)."""
-    return load_image(_data)
+def decoded(sha: str, data: bytes):
+    """The decoded image for these bytes, at most ``KEEP_SIDE`` pixels on its longer side.
+
+    The models look at a 161-224 px crop and the screen and exports show that crop, so a
+    40 MP upload is never kept at full size: the shared service decodes it once (in one of
+    its slots, since a large decode is heavy work) into a byte-bounded cache. Errors are not
+    cached: a bad file fails each time.
+    """
+    image, _ = shared_service().compute(("decode", sha), lambda: load_image(
+        data, max_side=KEEP_SIDE), what="decode", session=session_id())
+    return image
 
 
-@st.cache_data(max_entries=2048, show_spinner=False)
+@st.cache_data(max_entries=512, show_spinner=False)
 def screen_jpeg(key: str, _picture: Callable[[], np.ndarray]) -> bytes:
     """On-screen JPEG of a picture, cached by ``key`` (analysis keys + display settings)."""
     return figures.jpeg_bytes(_picture())
@@ -113,10 +130,47 @@ def screen_png(key: str, _picture: np.ndarray) -> bytes:
 # --- inputs ------------------------------------------------------------------------------
 
 
+LOST_UPLOAD = ("Your uploaded image was lost with the server it was on; "
+               "please upload it again.")
+RELOADED_UPLOAD = ("Your uploaded image is not kept when the page is reloaded; "
+                   "please upload it again.")
+
+
+@st.cache_resource
+def uploads_seen() -> OrderedDict[str, None]:
+    """Short ids of the uploads this server process has analysed (bounded), for all sessions:
+    a page that comes back with ``?upload=ID`` lost its upload to a reload if this process
+    saw it, and with a server that is gone otherwise."""
+    return OrderedDict()
+
+
+def _mark_upload(sha: str) -> None:
+    """Put the upload's short id in the page's URL: a page that reconnects (to this server
+    after a reload, or to another after this one died) can then say what happened."""
+    short = sha[:16]
+    seen = uploads_seen()
+    seen[short] = None
+    while len(seen) > 4096:
+        seen.popitem(last=False)
+    if st.query_params.get("upload") != short:
+        st.query_params["upload"] = short
+
+
+def _lost_upload_note() -> None:
+    """Say so when this fresh session's page had an upload that the server no longer holds."""
+    short = st.query_params.get("upload")
+    if short is None or "_last_upload" in st.session_state or st.session_state.get("upload"):
+        return
+    st.warning(RELOADED_UPLOAD if short in uploads_seen() else LOST_UPLOAD)
+    LOG.info("a page came back without its upload %s", short)
+    del st.query_params["upload"]
+
+
 def _use(source: str) -> None:
     st.session_state["_source"] = source
     if source == "example":
         st.session_state.pop("_last_upload", None)
+        st.query_params.pop("upload", None)
 
 
 def _example_label(name: str) -> str:
@@ -132,6 +186,10 @@ def read_input() -> tuple[bytes, str, bool] | None:
     examples = sorted(p.name for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
     # scenes the demo models know first, then the photographs that need ImageNet weights
     examples.sort(key=lambda n: (not n.startswith("scene_"), n))
+    _lost_upload_note()
+    refused = refusal_for(session_id())
+    if refused:
+        st.warning(refused)
     left, right = st.columns([3, 2])
     upload = left.file_uploader("Upload an image (JPEG, PNG, WebP, BMP or GIF, up to 10 MB)",
                                 type=UPLOAD_TYPES, key="upload", on_change=_use,
@@ -200,7 +258,7 @@ def load_models(
                 continue
         try:
             model = pool.get((item.key, version, device),
-                             lambda item=item: catalog.load(item, device))
+                             lambda item=item: load_in_slot(item, device))
         except SimamVizError as exc:
             LOG.warning("checkpoint %s not loaded: %s", item.path, exc, exc_info=True)
             problems.append(str(exc))
@@ -213,6 +271,12 @@ def load_models(
         kept.append(item)
         models.append(model)
     return kept, models, problems
+
+
+def load_in_slot(item: catalog.CatalogItem, device: str) -> torch.nn.Module:
+    """Load a checkpoint inside one admission slot: a load is heavy work like an analysis."""
+    with shared_service().admit("load", session_id()):
+        return catalog.load(item, device)
 
 
 def choose_device() -> str:
@@ -263,7 +327,7 @@ def run(items, models, data: bytes, sha: str, device: str,
             results.append((cached, True))
             continue
         with st.spinner(f"Analysing with {model.simam_viz.name}…"):
-            results.append(service.analysis(key, model, decoded(sha, data)))
+            results.append(service.analysis(key, model, decoded(sha, data), session_id()))
     return results, keys
 
 
@@ -418,40 +482,73 @@ def top_channels(weights: np.ndarray, means: np.ndarray) -> None:
     st.plotly_chart(charts.channel_maps(weights, means, top_k=k), width="stretch")
 
 
+class Exports:
+    """Download payloads, each built once per key inside one admission slot.
+
+    Streamlit builds a download button's payload when it is clicked, on its own thread
+    pool; without this every click of every visitor rebuilt a 300 dpi composite or a zip at
+    once, outside the limit on heavy work. Here each payload is built by the shared service
+    (one slot, one job per session, single flight) and kept in its byte-bounded export
+    cache under everything it depends on.
+    """
+
+    def __init__(self, keys: Sequence[str], style: dict, extra: str = "") -> None:
+        self.scope = "|".join(keys) + f"|{style['colormap']}|{style['alpha']}|{style['shared']}"
+        self.scope += extra
+        self.session = session_id()  # the click runs outside the script thread
+
+    def __call__(self, name: str, build: Callable[[], bytes]) -> Callable[[], bytes]:
+        """A payload callable for ``st.download_button`` that builds ``name`` at most once."""
+        def payload() -> bytes:
+            data, _ = shared_service().compute(("export", self.scope, name), build,
+                                               what="export", session=self.session)
+            return data
+        return payload
+
+
 def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, block: str,
-                simam: int | None, data_sha: str, name: str,
+                simam: int | None, data_sha: str, name: str, keys: Sequence[str],
                 checks: Sequence[TrustCheck] = ()) -> None:
     st.subheader("Export")
     stem = Path(name).stem or "image"
+    exports = Exports(keys, style, f"|{block}|{opts['method']}|{opts['lambda']}|{stem}")
     st.markdown("**Panels (PNG, native resolution)**")
     cols = st.columns(max(2, len(results)))
     blend = {"colormap": style["colormap"], "alpha": style["alpha"]}
     for i, (col, r) in enumerate(zip(cols, results, strict=False)):
-        col.download_button(f"{r.model_name} Grad-CAM", lambda i=i: figures.panel_png(
-                                figure1_panel(results, i, blend, style["shared"])),
+        col.download_button(f"{r.model_name} Grad-CAM", exports(f"panel{i}", lambda i=i: (
+                                figures.panel_png(figure1_panel(results, i, blend,
+                                                                style["shared"])))),
                             f"{stem}_cam_{i}.png", "image/png", key=f"dl_panel_{i}")
     if simam is not None:
         for j, title in enumerate(figures.FIGURE6_TITLES):
             st.download_button(
                 f"{title} · {block}",
-                lambda j=j: figures.panel_png(figure6_panel(results[simam], block, j, blend)),
+                exports(f"fig6-{j}", lambda j=j: figures.panel_png(
+                    figure6_panel(results[simam], block, j, blend))),
                 f"{stem}_fig6_{block}_panel{j}.png", "image/png", key=f"dl_fig6_{j}")
     request = ExportRequest(block=block, method=opts["method"], simam_lambda=opts["lambda"],
                             colormap=style["colormap"], alpha=style["alpha"],
                             shared_scale=style["shared"], target=results[0].target_name)
     st.markdown("**Composites (300 dpi) and everything as a zip**")
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Figure 1 (PNG)", lambda: _composite(results, request, "figure1"),
+    c1.download_button("Figure 1 (PNG)",
+                       exports("figure1", lambda: _composite(results, request, "figure1")),
                        f"{stem}_figure1.png", "image/png", key="dl_fig1")
     if simam is not None:
-        c2.download_button("Figure 6 (PNG)", lambda: _composite(results, request, "figure6"),
+        c2.download_button("Figure 6 (PNG)",
+                           exports("figure6", lambda: _composite(results, request, "figure6")),
                            f"{stem}_figure6.png", "image/png", key="dl_fig6")
+    checked = "|".join(check.stem for check in checks)
     c3.download_button("All figures + manifest + arrays (zip)",
-                       lambda: _zip(results, models, request, stem, data_sha, checks, style),
+                       exports(f"zip|{checked}", lambda: _zip(results, models, request, stem,
+                                                              data_sha, checks, style)),
                        f"{stem}_simam_viz.zip", "application/zip", key="dl_zip")
     if checks:
         st.caption(f"The zip also holds {len(checks)} trust check(s) of the Trust view "
                    "(PNG + JSON each).")
+    st.caption("Each file is built when its button is first clicked (a few seconds for the "
+               "zip) and then kept for everyone; a busy server may ask you to click again.")
 
 
 def _composite(results, request: ExportRequest, prefix: str) -> bytes:
@@ -516,7 +613,7 @@ def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_
         "Trust": lambda: view_trust(results, models, keys, lambda: decoded(data_sha, data),
                                     choose_block(), opts["method"], style),
         "Export": lambda: view_export(results, models, style, opts, _export_block(simam),
-                                      simam, data_sha, name, finished_checks(keys)),
+                                      simam, data_sha, name, keys, finished_checks(keys)),
         "About": lambda: st.markdown(ABOUT),
     }
     for view, tab in zip(VIEWS, tabs, strict=True):
@@ -559,6 +656,7 @@ def main() -> None:
     results, keys = run(items, models, data, sha, device, opts)
     if fresh_upload:
         st.session_state["_last_upload"] = (data, name)  # analysed fine: worth keeping
+        _mark_upload(sha)
     res = [r for r, _ in results]
     note = unfamiliar_image_note(res, [i.source for i in items],
                                  models[0].simam_viz.class_names)

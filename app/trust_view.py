@@ -18,7 +18,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 from torch import nn
-from widgets import kept, remember
+from widgets import kept, remember, session_id
 
 from simam_viz import figures, trust_figures
 from simam_viz.analysis import Analysis, analyze
@@ -88,7 +88,7 @@ def finished_checks(keys: Sequence[str]) -> list[TrustCheck]:
     found = []
     for key in st.session_state.get("_trust_keys", []):
         if key[1] in keys:
-            check = service.cache.get(key)
+            check = service.caches["trust"].get(key)
             if check is not None:
                 found.append(check)
     return found
@@ -122,7 +122,7 @@ def view_trust(results: Sequence[Analysis], models: Sequence[nn.Module], keys: S
                "(faithfulness) and re-initialises the model's layers from the logits down "
                "(sanity check, Adebayo et al. 2018).")
     service = shared_service()
-    check = service.cache.get(key)
+    check = service.caches["trust"].get(key)
     if check is None:
         if not st.button("Check this map", key="trust_run", type="primary"):
             st.info("About 2-5 s of model work on a CPU; the result is kept for every session.")
@@ -131,7 +131,7 @@ def view_trust(results: Sequence[Analysis], models: Sequence[nn.Module], keys: S
         check, _ = service.compute(
             key, lambda: run_check(model, image(), result, block, where, method,
                                    lambda f: bar.progress(min(1.0, f), text="Checking the map…")),
-            what="trust check")
+            what="trust", session=session_id())
         bar.empty()
     seen = st.session_state.setdefault("_trust_keys", [])
     if key not in seen:

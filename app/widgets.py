@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from simam_viz.models import STAGE_BLOCKS
 
-__all__ = ["DEFAULT_STAGE", "choose_block", "default_index", "kept", "remember"]
+__all__ = ["DEFAULT_STAGE", "choose_block", "default_index", "kept", "remember", "session_id"]
+
+
+def session_id() -> str | None:
+    """This browser session's id: the admission control allows one heavy job per session.
+
+    None outside a script run (AppTest without a session, a background thread).
+    """
+    ctx = get_script_run_ctx()
+    return None if ctx is None else ctx.session_id
 
 
 def remember(key: str) -> None:

@@ -103,7 +103,8 @@ def tiny_app(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
     from simam_viz.service import shared_service
 
     monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tiny_checkpoints))
-    shared_service().cache.clear()
+    for cache in shared_service().caches.values():
+        cache.clear()
     at = run_page()
     assert not at.exception and not at.error, [e.value for e in at.error]
     return at
@@ -118,9 +119,9 @@ def service_work(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     ran: list[object] = []
     original = service._run
 
-    def counted(key, fn, what):
+    def counted(key, fn, what, *args):
         ran.append(key)
-        return original(key, fn, what)
+        return original(key, fn, what, *args)
 
     monkeypatch.setattr(service, "_run", counted)
     return ran

@@ -35,14 +35,19 @@ def _hold(admission: Admission, what: str, session: str | None, entered: threadi
     return thread
 
 
+def _enter(admission: Admission, what: str, session: str | None) -> None:
+    """Take a slot and give it back at once (raises BusyError when refused)."""
+    with admission.slot(what, session):
+        pass
+
+
 def test_optional_work_leaves_one_slot_for_analyses() -> None:
     admission = Admission(slots=2, wait_s=0.2)
     release, errors = threading.Event(), []
     holder = _hold(admission, "trust", "s1", threading.Event(), release, errors)
     t0 = time.perf_counter()
     with pytest.raises(BusyError, match="busy"):
-        with admission.slot("trust", "s2"):
-            pass
+        _enter(admission, "trust", "s2")
     assert 0.15 < time.perf_counter() - t0 < 1.5  # refused after its wait, not queued forever
     with admission.slot("analysis", "s3"):  # the slot optional work may not take
         assert admission.busy == 2
@@ -57,15 +62,12 @@ def test_one_job_per_session_is_refused_at_once() -> None:
     holder = _hold(admission, "analysis", "same", threading.Event(), release, errors)
     t0 = time.perf_counter()
     with pytest.raises(BusyError, match="previous request is still running"):
-        with admission.slot("export", "same"):
-            pass
+        _enter(admission, "export", "same")
     assert time.perf_counter() - t0 < 0.1  # at once: no waiting for the slot
-    with admission.slot("export", "other"):  # other sessions are not affected
-        pass
+    _enter(admission, "export", "other")  # other sessions are not affected
     release.set()
     holder.join()
-    with admission.slot("export", "same"):  # and the session may run its next job
-        pass
+    _enter(admission, "export", "same")  # and the session may run its next job
     assert admission.busy_replies == {"session": 1}
 
 
@@ -88,7 +90,7 @@ def test_third_session_is_served_while_two_spam_trust_checks() -> None:
         while not stop.is_set():
             n += 1
             try:
-                service.compute(("trust", session, n), lambda: time.sleep(0.3) or n,
+                service.compute(("trust", session, n), lambda n=n: time.sleep(0.3) or n,
                                 what="trust", session=session)
                 checks.append(1)
             except BusyError:
@@ -163,10 +165,8 @@ def test_analysis_bytes_are_its_arrays() -> None:
     """An analysis's estimated size is the size of the arrays it holds (counted once)."""
     result = analyze(tiny_model(), noise_image(), blocks="all")
     arrays = sum(a.nbytes for a in result.arrays().values())
-    pixels = result.image.size * (result.image.itemsize if hasattr(result.image, "itemsize")
-                                  else 1)
     size = nbytes_of(result)
-    assert arrays <= size <= arrays + pixels + 2 * 2**20
+    assert arrays <= size <= arrays + result.image.nbytes + 2**20
 
 
 def test_analyses_and_trust_checks_have_separate_caches() -> None:

@@ -355,8 +355,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
         record.loads.append((item.path, model))
         return model
 
-    def analysis(self: Service, key: AnalysisKey, model: nn.Module, image: Image.Image):
-        result, cached = original_analysis(self, key, model, image)
+    def analysis(self: Service, key: AnalysisKey, model: nn.Module, image: Image.Image,
+                 session: str | None = None):
+        result, cached = original_analysis(self, key, model, image, session)
         record.analyses.append((key, model, result, cached))
         return result, cached
 
