@@ -123,6 +123,19 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+@contextmanager
+def chromium() -> Iterator:
+    """Debian's chromium through Playwright's sync API, for the block's duration."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def png_bytes(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
     """A random RGB PNG: different seeds give different images (and cache keys)."""
     rng = np.random.default_rng(seed)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from apphost import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     ROOT,
+    chromium,
     idle,
     input_pixels,
     open_session,
@@ -53,10 +53,8 @@ def server(demo_checkpoints: Path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _expected_crop(data: bytes, prep: Preprocessing) -> np.ndarray:

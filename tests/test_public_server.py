@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from apphost import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     alerts,
+    chromium,
     idle,
     open_session,
     png_bytes,
@@ -99,10 +99,8 @@ browser_only = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
