@@ -60,9 +60,19 @@ RUN pip install --no-deps -e . \
     && mkdir -p /app/checkpoints/official && chmod -R a+rX /app \
     && python -c "import simam_viz.catalog as c; print([i.key for i in c.available()])"
 
+# A published image is a public demo: no checkpoint-download panel (visitors cannot make the
+# server fetch weights). `make run` keeps it; `docker run -e SIMAM_VIZ_FETCH=1` turns it on.
+ENV SIMAM_VIZ_FETCH=0
+
 USER app
 EXPOSE 8501
-# slim images have no curl: probe Streamlit's health endpoint with Python
+# Liveness, not readiness: slim images have no curl, so Python asks Streamlit's health endpoint.
+# /readyz (503 until the start-up warm-up has loaded the models, 200 after; 503 for good if the
+# warm-up failed) is for routing: compose's healthcheck, the proxy and Kubernetes' readiness
+# probe use it and keep visitors away from a cold replica. Docker, Swarm and autoheal treat
+# "unhealthy" as "restart it": a warm-up that failed (a missing or broken checkpoint) would fail
+# again after each restart, so this check catches what a restart does cure, a process that no
+# longer answers, and leaves a failed warm-up to readiness (out of rotation, reason in the log).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).read() != b'ok')"]
 CMD ["streamlit", "run", "app/serve.py", "--server.address=0.0.0.0", "--server.port=8501"]

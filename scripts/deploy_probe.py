@@ -8,14 +8,22 @@ all of them through the proxy's one address. Two phases, each printing one JSON 
   the caption names the upload, every image is complete with pixels). Then every session
   downloads a PNG from the Export view. Run it with one replica, then with two.
 - ``failover``: N sessions, opened until they are split evenly over the replicas (the proxy
-  pins each new browser to the next replica in turn with a cookie; the
-  ``X-Simam-Viz-Upstream`` header says which replica answered). Timed rounds and downloads
+  pins each new browser to the next replica in turn with a cookie). Timed rounds and downloads
   (one session at a time, see ``download``) as above, then one replica is stopped
   (``--stop-cmd``) while the sessions of the other one are uploading. The stopped replica's
-  sessions must reconnect through the proxy (a new websocket, to the other replica) and, after
-  uploading again (the upload lived in the stopped replica's memory), show their own figures,
-  within ``--failover-limit`` seconds (10) of the stop; the other sessions must finish their
-  upload without reconnecting.
+  sessions, each of which had uploaded an image there, must reconnect through the proxy (a new
+  websocket, to the other replica), and the page must then say in words that the upload was
+  lost (``LOST_UPLOAD``, the app's sentence, matched in the page's text); after uploading
+  again they must show their own figures, within ``--failover-limit`` seconds (10) of the
+  stop. The other sessions must finish their upload without reconnecting, and without that
+  sentence.
+
+Which replica answered is read from the affinity cookie, as the browser sees it: an answer
+that pins the browser anew names its replica in ``Set-Cookie``; any other answer came from the
+replica the request's cookie names (the proxy re-pins whenever another replica answers). The
+proxy's debug header ``X-Simam-Viz-Upstream`` (``PROXY_DEBUG_UPSTREAM=1``) gives away internal
+addresses, so a public proxy must not send it: any answer carrying it is a failure unless
+``--allow-upstream-header``.
 
 Every session, every phase: its figures are its own (the analysed crop the browser received
 equals the crop of the file it uploaded), no /media/ request fails (status >= 400 or a failed
@@ -41,6 +49,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +65,12 @@ from apphost import CHROMIUM, CHROMIUM_ARGS, png_bytes  # noqa: E402
 
 from simam_viz.preprocess import Preprocessing  # noqa: E402
 
-UPSTREAM_HEADER = "x-simam-viz-upstream"
+UPSTREAM_HEADER = "x-simam-viz-upstream"  # the proxy's debug header (PROXY_DEBUG_UPSTREAM=1)
+COOKIE = "simam_viz_affinity"  # the proxy's affinity cookie: ADDRESS:PORT of the replica
+# what the page says once it has reconnected to another replica than the one holding its upload
+# (app/streamlit_app.py)
+LOST_UPLOAD = ("Your uploaded image was lost with the server it was on; "
+               "please upload it again.")
 # Installed before the page's scripts: websocket opens/closes/messages and ended script runs,
 # so that "reconnected and ran again" can be told from "still shows the old page".
 WATCH = """(() => {
@@ -120,6 +135,13 @@ class Session:
     failed: list[tuple[float, str, str, str]] = field(default_factory=list)  # t, url, error, step
     problems: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)  # download attempts tried again
+    leaks: list[str] = field(default_factory=list)  # answers with the proxy's debug header
+    pending: set = field(default_factory=set)  # answers whose headers are still being read
+
+    async def drain(self) -> None:
+        """Wait until every answer seen so far is recorded."""
+        while self.pending:
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
 
     def media_errors(self, since: float = 0.0) -> list[str]:
         retried = {r.split(":", 1)[0] for r in self.retried}  # reported on their own
@@ -135,8 +157,36 @@ class Session:
 
 
 def replica_of(upstream: str) -> str:
-    """The replica that finally answered: nginx lists every address it tried, last one won."""
+    """The replica's address in ADDRESS:PORT (an affinity cookie's value, or what nginx lists
+    in its debug header: every address it tried, the last one answered)."""
     return upstream.split(",")[-1].strip().rsplit(":", 1)[0]
+
+
+def _cookie_in(header: str) -> str:
+    """The affinity cookie's value in a request's Cookie header ("" if none)."""
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return ""
+
+
+def _pinned_by(header: str) -> str:
+    """The affinity cookie an answer sets ("" if none); Playwright joins Set-Cookie lines."""
+    for line in header.split("\n"):
+        name, _, rest = line.strip().partition("=")
+        if name == COOKIE:
+            return rest.split(";", 1)[0]
+    return ""
+
+
+async def answered_by(resp) -> str:
+    """ADDRESS:PORT of the replica that answered, from the affinity cookie (module docstring):
+    the one the answer pins the browser to, else the one the request's cookie names."""
+    pinned = _pinned_by((await resp.all_headers()).get("set-cookie", ""))
+    if pinned:
+        return pinned
+    return _cookie_in((await resp.request.all_headers()).get("cookie", ""))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -151,10 +201,20 @@ async def open_session(browser: Browser, url: str, index: int) -> Session:
     page = await context.new_page()
     session = Session(index, context, page)
 
+    async def record(resp, seen: float, step: str) -> None:
+        try:
+            upstream = await answered_by(resp)
+        except Exception as exc:  # the page closed meanwhile
+            upstream = f"? ({exc.__class__.__name__})"
+        session.media.append((seen, resp.url, resp.status, upstream, step))
+
     def on_response(resp) -> None:
+        if UPSTREAM_HEADER in resp.headers:
+            session.leaks.append(f"{resp.url} ({resp.headers[UPSTREAM_HEADER]})")
         if "/media/" in resp.url:
-            session.media.append((time.perf_counter(), resp.url, resp.status,
-                                  resp.headers.get(UPSTREAM_HEADER, ""), session.step))
+            task = asyncio.ensure_future(record(resp, time.perf_counter(), session.step))
+            session.pending.add(task)
+            task.add_done_callback(session.pending.discard)
 
     def on_failed(req) -> None:
         if "/media/" in req.url:
@@ -166,26 +226,31 @@ async def open_session(browser: Browser, url: str, index: int) -> Session:
     resp = await page.goto(url, timeout=120_000)
     if resp is None or resp.status != 200:
         raise RuntimeError(f"session {index}: page answered {resp and resp.status}")
-    session.replica = replica_of(resp.headers.get(UPSTREAM_HEADER, ""))
+    session.replica = replica_of(await answered_by(resp))
     await page.wait_for_selector("input[type=file]", state="attached", timeout=120_000)
     await settle(session, None, timeout=120.0)
     return session
 
 
-async def settle(session: Session, name: str | None, timeout: float = 120.0, *,
-                 after_reconnect: int | None = None) -> dict:
-    """Poll until the page shows finished figures: the run has ended, at least MIN_IMAGES
-    images, all decoded; with ``name``, the caption of that upload; with ``after_reconnect``,
-    on a websocket opened after that many (the page reconnected)."""
+async def polled(session: Session, timeout: float) -> AsyncIterator[dict]:
+    """The page's STATE every 50 ms for ``timeout`` seconds (a navigation in progress gives
+    ``{"error": ...}``: try again)."""
     deadline = time.perf_counter() + timeout
-    last: dict = {}
-    stable = 0
     while time.perf_counter() < deadline:
         try:
-            last = await session.page.evaluate(STATE)
-        except Exception as exc:  # a navigation in progress: try again
-            last = {"error": str(exc)}
-            await asyncio.sleep(0.05)
+            yield await session.page.evaluate(STATE)
+        except Exception as exc:
+            yield {"error": str(exc)}
+        await asyncio.sleep(0.05)
+
+
+async def settle(session: Session, name: str | None, timeout: float = 120.0) -> dict:
+    """Poll until the page shows finished figures: the run has ended, at least MIN_IMAGES
+    images, all decoded; with ``name``, the caption of that upload."""
+    last: dict = {}
+    stable = 0
+    async for last in polled(session, timeout):
+        if "error" in last:
             continue
         ok = (last["state"] == "notRunning" and last["images"] >= MIN_IMAGES and last["loaded"]
               and (name is None or f"Image: {name}" in last["captions"]))
@@ -193,17 +258,44 @@ async def settle(session: Session, name: str | None, timeout: float = 120.0, *,
         if busy and last["state"] == "notRunning":
             raise RuntimeError(f"session {session.index}: the replica refused the analysis "
                                f"({busy[0][:100]}): more load than SIMAM_VIZ_BUSY_WAIT_S allows")
-        if ok and after_reconnect is not None:
-            ok = last["opened"] > after_reconnect and last["opened"] > last["closed"]
         stable = stable + 1 if ok else 0
         if stable >= 2:  # two polls in a row: not a frame between two runs
             return last
-        await asyncio.sleep(0.05)
     brief = {k: v for k, v in last.items() if k not in ("captions", "alerts")}
     brief["captions"] = [c for c in last.get("captions", []) if c.startswith("Image:")]
     brief["alerts"] = [a[:120] for a in last.get("alerts", [])]
     raise TimeoutError(f"session {session.index} did not settle in {timeout:.0f} s "
                        f"(waiting for {name or 'figures'}): {json.dumps(brief)[:900]}")
+
+
+HAS_TEXT = "(text) => document.body.innerText.includes(text)"
+
+
+async def reconnected(session: Session, opened_before: int, timeout: float = 60.0) -> dict:
+    """Poll until the page has a websocket opened after ``opened_before`` ones, still open,
+    over which the server has spoken, and no run is going on: the page reconnected (through
+    the proxy) and its fresh session there has run."""
+    last: dict = {}
+    async for last in polled(session, timeout):
+        if "error" not in last and (
+                last["opened"] > opened_before and last["opened"] > last["closed"]
+                and last["msgsSinceOpen"] > 0 and last["state"] == "notRunning"):
+            return last
+    brief = {k: v for k, v in last.items() if k not in ("captions", "alerts")}
+    raise TimeoutError(f"session {session.index} did not reconnect in {timeout:.0f} s: "
+                       f"{json.dumps(brief)[:600]}")
+
+
+async def lost_notice(session: Session, timeout: float = 30.0) -> float | None:
+    """When (perf_counter) the page showed LOST_UPLOAD, its run over; None if not in time."""
+    async for state in polled(session, timeout):
+        if state.get("state") == "notRunning":
+            try:
+                if await session.page.evaluate(HAS_TEXT, LOST_UPLOAD):
+                    return time.perf_counter()
+            except Exception:  # a navigation in progress: try again
+                pass
+    return None
 
 
 async def upload(session: Session, seed: int) -> tuple[str, bytes]:
@@ -219,8 +311,8 @@ async def upload(session: Session, seed: int) -> tuple[str, bytes]:
 async def check_own_pixels(session: Session, state: dict, data: bytes) -> None:
     """The analysed crop the browser received equals the crop of the uploaded file."""
     src = state["src"]
-    resp = await session.page.request.get(src if src.startswith("http")
-                                          else session.page.url.rstrip("/") + src)
+    # (the page's URL may carry a query, ?upload=ID: resolve the image's path against it)
+    resp = await session.page.request.get(urllib.parse.urljoin(session.page.url, src))
     if resp.status != 200:
         session.problems.append(f"input crop {src} -> {resp.status}")
         return
@@ -331,10 +423,16 @@ async def rounds(sessions: list[Session], count: int, seed0: int) -> list[float]
     return times
 
 
-def verdict(sessions: list[Session], since: float = 0.0) -> list[str]:
+async def verdict(sessions: list[Session], since: float = 0.0,
+                  allow_upstream_header: bool = False) -> list[str]:
     problems = []
     for s in sessions:
+        await s.drain()
         problems += [f"session {s.index}: {p}" for p in s.problems]
+        if s.leaks and not allow_upstream_header:
+            problems.append(f"session {s.index}: {len(s.leaks)} answers gave away the replica's "
+                            f"address ({UPSTREAM_HEADER}), e.g. {s.leaks[0]}")
+            s.leaks.clear()  # reported once
         problems += [f"session {s.index}: media error {m}" for m in s.media_errors(since)]
         problems += [f"session {s.index}: media from another replica: {m}"
                      for m in s.foreign_media(since)]
@@ -355,7 +453,10 @@ async def phase_latency(browser: Browser, args) -> dict:
            "replicas": sorted({s.replica for s in sessions}), **summary(times),
            "downloads": len([n for n in sizes if n > 0]),
            "download_retries": [r for s in sessions for r in s.retried],
-           "problems": verdict(sessions)}
+           "upstream_header_seen": sum(len(s.leaks) for s in sessions),
+           "problems": await verdict(sessions, allow_upstream_header=args.allow_upstream_header)}
+    # /media/ answers whose replica was checked (verdict above waited for all of them)
+    out["media_answers"] = sum(len(s.media) for s in sessions)
     await asyncio.gather(*(s.context.close() for s in sessions))
     return out
 
@@ -385,7 +486,8 @@ async def phase_failover(browser: Browser, args) -> dict:
     times = await rounds(sessions, 1, seed0=2000)
     sizes = await downloads(sessions)
     times += await rounds(sessions, max(0, args.rounds - 1), seed0=3000)
-    problems = verdict(sessions)
+    leaked = sum(len(s.leaks) for s in sessions)
+    problems = await verdict(sessions, allow_upstream_header=args.allow_upstream_header)
     for s in sessions:
         s.problems.clear()  # counted; from here on only what happens around the stop
 
@@ -401,20 +503,27 @@ async def phase_failover(browser: Browser, args) -> dict:
             raise RuntimeError(f"{stop} failed: {proc.stderr[-300:]}")
         return time.perf_counter() - t0
 
-    async def recover(s: Session) -> tuple[float, float]:
-        # The page reconnects by itself (through the proxy, to the other replica) and keeps
-        # showing its figures; the new replica never saw the upload (it lived in the stopped
-        # one's memory), so the user's next step is to upload again: then it has its own
-        # figures, computed and served by the new replica.
+    async def recover(s: Session) -> tuple[float, float | None, float]:
+        # The page reconnects by itself (through the proxy, to the other replica), and a
+        # fresh session runs there. The new replica never saw the upload (it lived in the
+        # stopped one's memory): the page must say so (LOST_UPLOAD). The user's next step is
+        # to upload again: then it has its own figures, computed and served by the new replica.
         s.step = "reconnect"
-        state = await settle(s, None, timeout=60.0, after_reconnect=before[s.index])
+        state = await reconnected(s, before[s.index], timeout=60.0)
         shown = time.perf_counter() - t0
+        noticed = await lost_notice(s, timeout=30.0)
+        if noticed is None:
+            alerts = [a[:100] for a in (await s.page.evaluate(STATE))["alerts"]]
+            s.problems.append(f"no '{LOST_UPLOAD}' within 30 s of reconnecting "
+                              f"(alerts on the page: {alerts})")
+        else:
+            noticed -= t0
         check_page(s, state)
         name, data = await upload(s, 4000 + s.index)
         state = await settle(s, name, timeout=60.0)
         await check_own_pixels(s, state, data)
         check_page(s, state)
-        return shown, time.perf_counter() - t0
+        return shown, noticed, time.perf_counter() - t0
 
     # the replica goes down while the other replica's sessions are in the middle of an upload
     busy = asyncio.gather(*(timed_upload(s, 5000 + s.index) for s in others))
@@ -436,22 +545,28 @@ async def phase_failover(browser: Browser, args) -> dict:
     for s in others:
         if (await s.page.evaluate(STATE))["opened"] != before[s.index]:
             s.problems.append("reconnected although its replica kept running")
+        if await s.page.evaluate(HAS_TEXT, LOST_UPLOAD):
+            s.problems.append("says its upload was lost although its replica kept running")
     limit = args.failover_limit
-    problems += verdict(others, since=t0)
-    problems += verdict(victims, since=t0)
-    problems += [f"session {s.index}: figures again after {r[1]:.1f} s (limit {limit:.0f} s)"
-                 for s, r in zip(victims, recovered, strict=True) if r[1] > limit]
+    leaked += sum(len(s.leaks) for s in sessions)
+    problems += await verdict(others, since=t0, allow_upstream_header=args.allow_upstream_header)
+    problems += await verdict(victims, since=t0, allow_upstream_header=args.allow_upstream_header)
+    problems += [f"session {s.index}: figures again after {r[2]:.1f} s (limit {limit:.0f} s)"
+                 for s, r in zip(victims, recovered, strict=True) if r[2] > limit]
     out = {"phase": "failover", "sessions": len(sessions),
            "replicas": sorted(names), **summary(times),
            "downloads": len([n for n in sizes if n > 0]),
            "download_retries": [r for s in sessions for r in s.retried],
+           "upstream_header_seen": leaked,
            "stopped": names[victim], "stop_cmd_s": round(stop_s, 2),
            "victims": len(victims),
            "reconnected_s": [round(r[0], 2) for r in recovered],
-           "own_figures_again_s": [round(r[1], 2) for r in recovered],
+           "lost_notice_s": [None if r[1] is None else round(r[1], 2) for r in recovered],
+           "own_figures_again_s": [round(r[2], 2) for r in recovered],
            "websockets_opened_by_victims": new_sockets,
            "victims_moved_to": moved_to,
            "others_upload_during_stop_s": [round(x, 2) for x in during],
+           "media_answers": sum(len(s.media) for s in sessions),
            "problems": problems}
     await asyncio.gather(*(s.context.close() for s in sessions))
     return out
@@ -486,6 +601,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="seconds from the stop to own figures again")
     ap.add_argument("--stop-after", type=float, default=1.0,
                     help="seconds into the other replica's uploads at which to stop one")
+    ap.add_argument("--allow-upstream-header", action="store_true",
+                    help=f"accept answers carrying {UPSTREAM_HEADER} (a proxy run with "
+                         "PROXY_DEBUG_UPSTREAM=1)")
     args = ap.parse_args(argv)
     if args.phase == "failover" and len(args.replica) < 2:
         ap.error("failover needs --replica ADDRESS=NAME for two replicas or more")

@@ -106,6 +106,20 @@ def test_healthcheck_probe_fails_when_nothing_listens() -> None:
     assert b"Connection refused" in probe.stderr  # down, not a broken probe (a SyntaxError)
 
 
+def test_image_runs_in_public_mode() -> None:
+    """A published image offers no checkpoint-download panel (SIMAM_VIZ_FETCH=0; `make run`
+    and `docker run -e SIMAM_VIZ_FETCH=1` keep it)."""
+    envs = [arg for word, arg in _instructions() if word == "ENV"]
+    assert "SIMAM_VIZ_FETCH=0" in envs
+
+
+def test_healthcheck_is_liveness_not_readiness() -> None:
+    """Docker restarts what it finds unhealthy; a replica whose warm-up failed (/readyz 503
+    for good) still serves, so the image's check stays on liveness. Routing uses /readyz
+    (deploy/compose.yaml, the proxy, the Kubernetes readiness probe)."""
+    assert "/readyz" not in _health_probe() and HEALTH in _health_probe()
+
+
 def test_torch_index_and_fetch_are_build_arguments() -> None:
     args = {arg.split("=")[0] for word, arg in _instructions() if word == "ARG"}
     assert {"TORCH_INDEX_URL", "FETCH"} <= args
