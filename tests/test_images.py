@@ -259,13 +259,14 @@ def test_no_process_wide_state_changes_even_under_threads() -> None:
     filters_before = list(warnings.filters)
     limit, truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
     inputs = [_save(_noise(), "PNG"), _png_declaring(10000, 10000),
-              _png_declaring(20000, 20000), b"junk"]
+              _png_declaring(20000, 20000), b"junk",
+              _save(Image.new("LA", (300, 200), (10, 128)), "PNG", exif=_exif(6))]
     errors: list[BaseException] = []
 
     def work(offset: int) -> None:
         for i in range(100):
             try:
-                load_image(inputs[(i + offset) % len(inputs)])
+                load_image(inputs[(i + offset) % len(inputs)], max_side=(None, 64)[i % 2])
             except ImageError:
                 pass
             except BaseException as exc:  # collected: an assert in a thread would be lost
