@@ -187,23 +187,29 @@ def _analysis_state(model: nn.Module, simam_lambda: float | None) -> Iterator[No
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    simams = [m for m in model.modules() if isinstance(m, SimAM)]
+    simams = [m for m, _ in modes if isinstance(m, SimAM)]
     lambdas = [m.e_lambda for m in simams]
     try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
+        # a shared model is normally in eval mode with frozen weights already: write only
+        # what differs (nn.Module.__setattr__ is slow Python, ~250 modules per model)
+        if any(mode for _, mode in modes):
+            model.eval()
+        for p, flag in flags:
+            if flag:
+                p.requires_grad_(False)
         if simam_lambda is not None:
             for m in simams:
                 m.e_lambda = float(simam_lambda)
         yield
     finally:
         for p, flag in flags:
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
         for m, lam in zip(simams, lambdas, strict=True):
             m.e_lambda = lam
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
 
 def analyze(

@@ -119,6 +119,12 @@ def compute_cam(
         raise
     cam = np.maximum(cam, 0)
     scaled = scale_cam_image(cam, size)
-    scaled = cam_object.aggregate_multi_layers([scaled[:, None, :]])
+    if type(cam_object).aggregate_multi_layers is BaseCAM.aggregate_multi_layers:
+        # the library's aggregation of ONE layer: concatenate, ReLU, mean over that axis
+        # (of length 1: the values themselves), scale again; the same values without the
+        # concatenation and the mean, which cost more than the rest (128 maps per upload)
+        scaled = scale_cam_image(np.maximum(scaled, 0))
+    else:
+        scaled = cam_object.aggregate_multi_layers([scaled[:, None, :]])
     raw = cv2.resize(np.float32(cam[0]), size)
     return scaled[0].astype(np.float32), np.maximum(raw, 0).astype(np.float32)

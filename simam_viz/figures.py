@@ -593,11 +593,13 @@ def save_png(fig: Figure, path: str | Path, *, dpi: float = 300) -> Path:
     return path
 
 
-def panel_png(array: np.ndarray) -> bytes:
+def panel_png(array: np.ndarray, *, compress_level: int = 6) -> bytes:
     """One panel at its native resolution as PNG bytes (no matplotlib, no resampling).
 
     Accepts an HxWx3 uint8 picture (e.g. an ``overlay``), an HxW uint8 grey image, or an HxW
-    float map in [0, 1] (clipped, scaled to 0..255 and rounded).
+    float map in [0, 1] (clipped, scaled to 0..255 and rounded). ``compress_level`` is zlib's
+    (0-9; Pillow's default 6): the pixels are the same at every level, and on-screen PNGs use
+    1 (a 161-pixel input: 1.4 ms instead of 4 ms to encode, 15 % more bytes).
     """
     arr = np.asarray(array)
     if arr.ndim == 2 and arr.dtype != np.uint8:
@@ -607,7 +609,7 @@ def panel_png(array: np.ndarray) -> bytes:
     if arr.size == 0:
         raise ValueError("panel_png needs a non-empty array")
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -61,8 +61,9 @@ class Recorder:
     """Context manager recording tap activations, their gradients and channel gates.
 
     The forward hook stores the output and returns a clone so that in-place operations further
-    down (``out += identity`` after ``bn3``, in-place ReLU) cannot overwrite what was recorded;
-    the clone is numerically the same tensor, so logits are unchanged.
+    down (``out += identity`` after ``bn3``, in-place ReLU) cannot overwrite what was recorded:
+    they act on the clone, which is numerically the same tensor, so logits are unchanged. The
+    stored tensor is the module's own output, which nothing downstream sees any more.
     """
 
     taps: list[Tap]
@@ -106,7 +107,7 @@ class Recorder:
         key = (tap.block, tap.where)
 
         def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
-            self.activations[key] = output.detach().clone()
+            self.activations[key] = output.detach()
             if output.requires_grad:
 
                 def store(grad: torch.Tensor) -> None:

@@ -275,6 +275,9 @@ def test_panel_png_native_resolution() -> None:
     np.testing.assert_array_equal(np.asarray(decoded), IMG)
     gray = Image.open(io.BytesIO(panel_png(np.array([[0.5, 1.0, 2.0]]))))
     assert gray.size == (3, 1) and list(np.asarray(gray)[0]) == [128, 255, 255]
+    fast = panel_png(IMG, compress_level=1)  # the app's on-screen level: the same pixels
+    assert fast != panel_png(IMG)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(fast))), IMG)
 
 
 def test_write_manifest_sorted_with_versions(tmp_path: Path) -> None:
