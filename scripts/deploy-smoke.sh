@@ -238,11 +238,13 @@ import json, sys
 one, two = (json.loads(open(p).read().strip().splitlines()[-1]) for p in sys.argv[1:])
 print(f"upload to pixels, {one['sessions']} sessions at once: 1 replica p50 {one['p50_s']} s "
       f"p95 {one['p95_s']} s; 2 replicas p50 {two['p50_s']} s p95 {two['p95_s']} s")
+notices = [s for s in two['lost_notice_s'] if s is not None]
 print(f"replica stopped: its {two['victims']} sessions reconnected after "
       f"{max(two['reconnected_s'])} s, were told their upload was lost after "
-      f"{max(two['lost_notice_s'])} s, and had their own figures again (uploaded anew) after "
-      f"{max(two['own_figures_again_s'])} s (worst); the other replica's uploads meanwhile "
-      f"took {max(two['others_upload_during_stop_s'])} s")
+      f"{max(notices) if notices else 'never'} s "
+      f"({sum(two['lost_notice_by_itself'])} by themselves), and had their own figures again "
+      f"(uploaded anew) after {max(two['own_figures_again_s'])} s (worst); the other "
+      f"replica's uploads meanwhile took {max(two['others_upload_during_stop_s'])} s")
 print(f"answers with X-Simam-Viz-Upstream: {one['upstream_header_seen']} + "
       f"{two['upstream_header_seen']}; /media/ answers checked for their replica: "
       f"{one['media_answers']} + {two['media_answers']}")

@@ -12,11 +12,13 @@ all of them through the proxy's one address. Two phases, each printing one JSON 
   (one session at a time, see ``download``) as above, then one replica is stopped
   (``--stop-cmd``) while the sessions of the other one are uploading. The stopped replica's
   sessions, each of which had uploaded an image there, must reconnect through the proxy (a new
-  websocket, to the other replica), and the page must then say in words that the upload was
-  lost (``LOST_UPLOAD``, the app's sentence, matched in the page's text); after uploading
-  again they must show their own figures, within ``--failover-limit`` seconds (10) of the
-  stop. The other sessions must finish their upload without reconnecting, and without that
-  sentence.
+  websocket, to the other replica), and the page must then say in words, by itself (within
+  ``--notice-wait`` seconds, 5), that the upload was lost (``LOST_UPLOAD``, the app's
+  sentence, matched in the page's text). If it does not, that is a failure, and the user's
+  next step short of uploading (a rerun, the R key) is tried to tell "only then" from
+  "never". After uploading again they must show their own figures, within
+  ``--failover-limit`` seconds (10) of the stop. The other sessions must finish their
+  upload without reconnecting, and without that sentence.
 
 Which replica answered is read from the affinity cookie, as the browser sees it: an answer
 that pins the browser anew names its replica in ``Set-Cookie``; any other answer came from the
@@ -272,14 +274,12 @@ HAS_TEXT = "(text) => document.body.innerText.includes(text)"
 
 
 async def reconnected(session: Session, opened_before: int, timeout: float = 60.0) -> dict:
-    """Poll until the page has a websocket opened after ``opened_before`` ones, still open,
-    over which the server has spoken, and no run is going on: the page reconnected (through
-    the proxy) and its fresh session there has run."""
+    """Poll until the page has a websocket opened after ``opened_before`` ones, still open:
+    the page reconnected (through the proxy)."""
     last: dict = {}
     async for last in polled(session, timeout):
         if "error" not in last and (
-                last["opened"] > opened_before and last["opened"] > last["closed"]
-                and last["msgsSinceOpen"] > 0 and last["state"] == "notRunning"):
+                last["opened"] > opened_before and last["opened"] > last["closed"]):
             return last
     brief = {k: v for k, v in last.items() if k not in ("captions", "alerts")}
     raise TimeoutError(f"session {session.index} did not reconnect in {timeout:.0f} s: "
@@ -503,27 +503,38 @@ async def phase_failover(browser: Browser, args) -> dict:
             raise RuntimeError(f"{stop} failed: {proc.stderr[-300:]}")
         return time.perf_counter() - t0
 
-    async def recover(s: Session) -> tuple[float, float | None, float]:
-        # The page reconnects by itself (through the proxy, to the other replica), and a
-        # fresh session runs there. The new replica never saw the upload (it lived in the
-        # stopped one's memory): the page must say so (LOST_UPLOAD). The user's next step is
-        # to upload again: then it has its own figures, computed and served by the new replica.
+    async def recover(s: Session) -> tuple[float, float | None, bool, float]:
+        # The page reconnects by itself (through the proxy, to the other replica), where a
+        # fresh session runs. The new replica never saw the upload (it lived in the stopped
+        # one's memory): the page must say so (LOST_UPLOAD), by itself. If it does not, the
+        # user's next step short of uploading (a rerun: Streamlit's R key) is tried, to tell
+        # "never" from "only at the next step". Then the user uploads again and has their own
+        # figures, computed and served by the new replica.
         s.step = "reconnect"
-        state = await reconnected(s, before[s.index], timeout=60.0)
+        await reconnected(s, before[s.index], timeout=60.0)
         shown = time.perf_counter() - t0
-        noticed = await lost_notice(s, timeout=30.0)
-        if noticed is None:
-            alerts = [a[:100] for a in (await s.page.evaluate(STATE))["alerts"]]
-            s.problems.append(f"no '{LOST_UPLOAD}' within 30 s of reconnecting "
-                              f"(alerts on the page: {alerts})")
-        else:
-            noticed -= t0
-        check_page(s, state)
+        noticed = await lost_notice(s, timeout=args.notice_wait)
+        by_itself = noticed is not None
+        if not by_itself:
+            state = await s.page.evaluate(STATE)
+            s.problems.append(
+                f"reconnected but did not say '{LOST_UPLOAD}' by itself within "
+                f"{args.notice_wait:.0f} s (script runs on the new websocket: "
+                f"{state['runs'] - state['runsAtOpen']}, messages: {state['msgsSinceOpen']})")
+            s.step = "rerun"
+            await s.page.locator("body").press("r")
+            noticed = await lost_notice(s, timeout=30.0)
+            if noticed is None:
+                alerts = [a[:100] for a in (await s.page.evaluate(STATE))["alerts"]]
+                s.problems.append(f"no '{LOST_UPLOAD}' after a rerun either (alerts on the "
+                                  f"page: {alerts})")
+        check_page(s, await s.page.evaluate(STATE))
         name, data = await upload(s, 4000 + s.index)
         state = await settle(s, name, timeout=60.0)
         await check_own_pixels(s, state, data)
         check_page(s, state)
-        return shown, noticed, time.perf_counter() - t0
+        return (shown, None if noticed is None else noticed - t0, by_itself,
+                time.perf_counter() - t0)
 
     # the replica goes down while the other replica's sessions are in the middle of an upload
     busy = asyncio.gather(*(timed_upload(s, 5000 + s.index) for s in others))
@@ -551,8 +562,8 @@ async def phase_failover(browser: Browser, args) -> dict:
     leaked += sum(len(s.leaks) for s in sessions)
     problems += await verdict(others, since=t0, allow_upstream_header=args.allow_upstream_header)
     problems += await verdict(victims, since=t0, allow_upstream_header=args.allow_upstream_header)
-    problems += [f"session {s.index}: figures again after {r[2]:.1f} s (limit {limit:.0f} s)"
-                 for s, r in zip(victims, recovered, strict=True) if r[2] > limit]
+    problems += [f"session {s.index}: figures again after {r[3]:.1f} s (limit {limit:.0f} s)"
+                 for s, r in zip(victims, recovered, strict=True) if r[3] > limit]
     out = {"phase": "failover", "sessions": len(sessions),
            "replicas": sorted(names), **summary(times),
            "downloads": len([n for n in sizes if n > 0]),
@@ -562,7 +573,8 @@ async def phase_failover(browser: Browser, args) -> dict:
            "victims": len(victims),
            "reconnected_s": [round(r[0], 2) for r in recovered],
            "lost_notice_s": [None if r[1] is None else round(r[1], 2) for r in recovered],
-           "own_figures_again_s": [round(r[2], 2) for r in recovered],
+           "lost_notice_by_itself": [r[2] for r in recovered],
+           "own_figures_again_s": [round(r[3], 2) for r in recovered],
            "websockets_opened_by_victims": new_sockets,
            "victims_moved_to": moved_to,
            "others_upload_during_stop_s": [round(x, 2) for x in during],
@@ -601,6 +613,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="seconds from the stop to own figures again")
     ap.add_argument("--stop-after", type=float, default=1.0,
                     help="seconds into the other replica's uploads at which to stop one")
+    ap.add_argument("--notice-wait", type=float, default=5.0,
+                    help="seconds after reconnecting for the page to say the upload was lost")
     ap.add_argument("--allow-upstream-header", action="store_true",
                     help=f"accept answers carrying {UPSTREAM_HEADER} (a proxy run with "
                          "PROXY_DEBUG_UPSTREAM=1)")
