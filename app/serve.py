@@ -94,11 +94,15 @@ async def readyz(_request: Request) -> PlainTextResponse:
 
 
 async def metrics(_request: Request) -> PlainTextResponse:
-    """The admission control and caches in Prometheus' text format, plus readiness."""
-    from simam_viz.service import shared_service
+    """The admission control and caches in Prometheus' text format, plus readiness.
 
+    Runs on the event loop: it must never import the engine (torch takes seconds to import,
+    and would stall every connection); until the warm-up has imported it, only the readiness
+    gauge is there.
+    """
+    service = getattr(sys.modules.get("simam_viz.service"), "shared_service", None)
     ready = int(READINESS["state"] == "ready")
-    text = shared_service().metrics() + (
+    text = (service().metrics() if service is not None else "") + (
         "# HELP simam_viz_ready 1 once the warm-up has succeeded.\n"
         f"# TYPE simam_viz_ready gauge\nsimam_viz_ready {ready}\n")
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
