@@ -134,6 +134,8 @@ class Session:
     step: str = "open"  # what the session is doing, recorded with each /media/ answer
     # t, url, status, upstream, step
     media: list[tuple[float, str, int, str, str]] = field(default_factory=list)
+    # t, method, status (0: failed), step of each upload request (PUT/DELETE upload_file)
+    upload_http: list[tuple[float, str, int, str]] = field(default_factory=list)
     failed: list[tuple[float, str, str, str]] = field(default_factory=list)  # t, url, error, step
     problems: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)  # download attempts tried again
@@ -213,6 +215,9 @@ async def open_session(browser: Browser, url: str, index: int) -> Session:
     def on_response(resp) -> None:
         if UPSTREAM_HEADER in resp.headers:
             session.leaks.append(f"{resp.url} ({resp.headers[UPSTREAM_HEADER]})")
+        if "/_stcore/upload_file" in resp.url:
+            session.upload_http.append((time.perf_counter(), resp.request.method, resp.status,
+                                        session.step))
         if "/media/" in resp.url:
             task = asyncio.ensure_future(record(resp, time.perf_counter(), session.step))
             session.pending.add(task)
@@ -222,6 +227,8 @@ async def open_session(browser: Browser, url: str, index: int) -> Session:
         if "/media/" in req.url:
             session.failed.append((time.perf_counter(), req.url, req.failure or "?",
                                    session.step))
+        if "/_stcore/upload_file" in req.url:
+            session.upload_http.append((time.perf_counter(), req.method, 0, session.step))
 
     page.on("response", on_response)
     page.on("requestfailed", on_failed)
@@ -530,7 +537,14 @@ async def phase_failover(browser: Browser, args) -> dict:
                                   f"page: {alerts})")
         check_page(s, await s.page.evaluate(STATE))
         name, data = await upload(s, 4000 + s.index)
-        state = await settle(s, name, timeout=60.0)
+        try:
+            state = await settle(s, name, timeout=60.0)
+        except TimeoutError as exc:  # reported with what the upload requests got
+            sent = [f"{m} {status} ({step})" for at, m, status, step in s.upload_http
+                    if at >= t0]
+            s.problems.append(f"uploaded again but never got its figures: {exc}; upload "
+                              f"requests since the stop: {sent}")
+            return (shown, None if noticed is None else noticed - t0, by_itself, float("nan"))
         await check_own_pixels(s, state, data)
         check_page(s, state)
         return (shown, None if noticed is None else noticed - t0, by_itself,
