@@ -166,6 +166,18 @@ def _lost_upload_note() -> None:
     del st.query_params["upload"]
 
 
+@st.fragment(run_every=300)
+def rerun_on_reconnect() -> None:
+    """Draws nothing; it exists for its ``run_every``.
+
+    When a page loses its server (a replica died, a restart) Streamlit's frontend reconnects,
+    but it asks for a script run only if the page has a ``run_every`` fragment (or its last
+    run was a fragment run): otherwise the page keeps its old figures, whose files the new
+    server never had, and says nothing until the visitor's next click. With this fragment the
+    page runs at once on the new server and says what happened to the upload.
+    """
+
+
 def _use(source: str) -> None:
     st.session_state["_source"] = source
     if source == "example":
@@ -638,6 +650,7 @@ def _export_block(simam: int | None) -> str:
 
 def main() -> None:
     st.set_page_config(page_title="SimAM-Viz", layout="wide")
+    rerun_on_reconnect()
     st.title("SimAM-Viz")
     st.caption("What do ResNet-50, SE-ResNet-50 and SimAM-ResNet-50 look at?")
     picked = read_input()
