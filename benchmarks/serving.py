@@ -13,6 +13,25 @@ through Playwright's async API (one context = one Streamlit session).
 - soak: 200 sessions opened, used (one upload, 20 distinct images in turn) and closed, a few at
   a time; server RSS after each, then after the disconnected sessions expire
   (`disconnectedSessionTTL` = 60 s). Writes the RSS curve as a PNG.
+- capacity: what one upload costs the server and how many a core completes, for operators
+  sizing replicas. Per model set (the three demo models, the app's default; a full-size
+  ResNet-50, SE-ResNet-50 and SimAM-ResNet-50 with random weights saved in their official
+  layouts, selected through the page), with the server pinned to ``--server-cores`` (0) and
+  this script, Playwright and chromium to ``--browser-cores`` (1), both at nice -10, the app
+  as the image runs it (no checkpoint-download panel):
+  1. one session uploads distinct images one at a time, in blocks; the server's CPU seconds
+     (utime + stime of all its threads and children, /proc/PID/stat) per upload, and after
+     each block the models' own work for the same images: ``analyze(model, image,
+     blocks="all")`` per model, CPU time in a child process on the server's cores (once
+     with the other cores quiet, once beside a busy loop on the browsers' cores, as during
+     the uploads); the ratio of the medians. ``--profile DIR`` records the server with
+     py-spy meanwhile (``pip install py-spy``) and prints where its working samples are.
+  2. saturation: ``--capacity-sessions`` (6) sessions upload distinct images back to back
+     for ``--seconds`` (30); uploads per second per server core and the latency p50/p95.
+     Where the browsers' core could not drive a whole server core (the demo models), the
+     server gets a CPU limit (a cgroup, as a container's) of what they can drive, and the
+     rate is per core of that limit; the server's busy share of its limit says whether it
+     was saturated.
 
 An upload has settled when its runs have ended (or, for a run that never showed "running",
 the websocket has been quiet for a second) and the page no longer shows its first page's
@@ -20,17 +39,25 @@ figures (the default example: replacing an upload first reruns without a file, w
 it). A page that does not settle in 120 s is counted as "stuck" and printed with what it
 showed, and the phase goes on.
 
-Usage: ``python benchmarks/serving.py [load] [busy] [soak] [--sessions 200] [--plot PATH]``.
+Usage: ``python benchmarks/serving.py [load] [busy] [soak] [capacity] [--sessions 200]
+[--plot PATH]``; ``capacity`` takes 4-6 minutes (``--sets demo``: 1-2).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import io
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +66,11 @@ from playwright.async_api import Browser, Page, async_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(1, str(ROOT))  # the simam_viz beside this file, as the server imports it
 from apphost import CHROMIUM, CHROMIUM_ARGS, IDLE, rss_mb, start_app, stop_app  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from app_latency import ForeignCpu  # noqa: E402
 
 UPLOAD_LOCK = asyncio.Lock()
 ALL_FIGURES_P95_TARGET_S = 3.0  # 8 sessions uploading at once: every page complete by then
@@ -164,8 +195,11 @@ async def open_session(browser: Browser, url: str):
     return context, page
 
 
-async def send(page: Page, name: str, data: bytes) -> dict:
-    """Upload; return seconds to the first new figure and to a settled page, and what it shows."""
+async def send(page: Page, name: str, data: bytes, *, digests: bool = True) -> dict:
+    """Upload; return seconds to the first new figure and to a settled page, and what it shows.
+
+    ``digests=False`` skips fetching the figures again (the capacity phase counts the
+    server's CPU, and those extra requests are not a visitor's)."""
     before = await page.evaluate(SRCS)
     runs, msgs = await page.evaluate("[window.__runs, window.__msgs]")
     # Playwright stalls when several pages receive files at the same instant: hand the files
@@ -186,12 +220,12 @@ async def send(page: Page, name: str, data: bytes) -> dict:
     srcs = await page.evaluate(SRCS)
     # figures are compared by content: Streamlit names media by their hash, so the same figure
     # for the same pixels keeps its URL and is not "new" on the page
-    digests = []
-    for src in srcs[:4]:
+    figures = []
+    for src in srcs[:4] if digests else ():
         body = await (await page.request.get(src)).body()
-        digests.append(hashlib.sha256(body).hexdigest()[:16])
+        figures.append(hashlib.sha256(body).hexdigest()[:16])
     preds = await page.locator("ol li").all_inner_texts()
-    return {"first": first, "total": total, "alerts": alerts, "figures": digests,
+    return {"first": first, "total": total, "alerts": alerts, "figures": figures,
             "predictions": preds, "busy": any("busy" in a for a in alerts), "stuck": None}
 
 
@@ -268,6 +302,447 @@ async def soak_phase(browser: Browser, url: str, pid: int, total: int, width: in
     return {"curve": curve, "after_ttl": after_ttl, "seconds": elapsed}
 
 
+# --- capacity: the server's CPU per upload, against the models' own work ---------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CAPACITY_SETS = {  # name -> title, uploads per block, blocks (server and model work alternate)
+    "demo": ("three demo models (default selection)", 4, 5),
+    "full": ("three full-size ResNet-50s (random weights, official layouts)", 2, 3),
+}
+GENERATOR_SHARE = 0.5  # at saturation the browsers may use this much of their cores at most
+# done: the run has ended, the caption names this upload, and every image has loaded
+SHOWN = """([name, count]) => {
+  const app = document.querySelector("[data-testid='stApp']");
+  if (!app || app.getAttribute("data-test-script-state") !== "notRunning") return false;
+  const caps = [...document.querySelectorAll("[data-testid='stCaptionContainer']")];
+  if (!caps.some(c => c.innerText.trim() === "Image: " + name)) return false;
+  const imgs = [...document.querySelectorAll("[data-testid='stImage'] img")];
+  return imgs.length >= count && imgs.every(i => i.complete && i.naturalWidth > 0);
+}"""
+# py-spy samples whose innermost frame is one of these are a thread waiting, not working
+IDLE_FRAMES = ("EpollSelector.select", "PollingPathWatcher._schedule", "Condition.wait",
+               "Event.wait", "Queue.get", "_worker (concurrent/futures/thread.py:81)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) and of its waited-for children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK  # fields 14-17 of proc(5)
+
+
+def tree_cpu(exclude: int) -> float:
+    """CPU seconds used so far by this process and its descendants, except ``exclude`` (the
+    server) and its own: the load generator (Playwright's driver, chromium, this script)."""
+    parent, cpu = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(fields[1])
+            cpu[int(d.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    own, total = os.getpid(), 0.0
+    for pid, used in cpu.items():
+        p = pid
+        while p > 1 and p in parent and p not in (own, exclude):
+            p = parent[p]
+        total += used if p == own else 0.0
+    return total
+
+
+def cores(text: str) -> set[int]:
+    """'0' or '0,1' or '0-3' as a set of CPU numbers."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int]):
+    """This thread, and every process or thread it starts meanwhile, on ``cpus`` only."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class CpuQuota:
+    """A CPU limit for one process, as a container's (cgroup cpu.max / cfs_quota_us).
+
+    Used when the browsers cannot drive the whole server: a server limited to a fraction
+    of a core saturates at that fraction, and its uploads per second per core are measured.
+    ``None`` where this machine offers no writable cgroup (not root, no cpu controller).
+    """
+
+    def __init__(self, pid: int, cores_: float) -> None:
+        v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        period = 100_000
+        if (v2 / "cgroup.controllers").exists() and "cpu" in (
+                v2 / "cgroup.controllers").read_text().split():
+            self.dir = v2 / f"simam_capacity_{os.getpid()}"
+            self.dir.mkdir()
+            (self.dir / "cpu.max").write_text(f"{int(cores_ * period)} {period}")
+            self.root = v2
+        else:
+            self.dir = v1 / f"simam_capacity_{os.getpid()}"
+            self.dir.mkdir()
+            (self.dir / "cpu.cfs_period_us").write_text(str(period))
+            (self.dir / "cpu.cfs_quota_us").write_text(str(int(cores_ * period)))
+            self.root = v1
+        for tid in os.listdir(f"/proc/{pid}/task"):  # (v1 moves threads one by one)
+            (self.dir / ("cgroup.threads" if self.root == v2 else "tasks")).write_text(tid)
+        self.cores, self.pid = cores_, pid
+
+    @classmethod
+    def create(cls, pid: int, cores_: float) -> CpuQuota | None:
+        try:
+            return cls(pid, cores_)
+        except OSError:
+            return None
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                (self.root / ("cgroup.threads" if self.root.name == "cgroup" else "tasks")
+                 ).write_text(tid)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
+def model_work_main(folder: str, keys: str) -> None:
+    """(Child process, on the server's cores.) Loads the models, then for each line of seeds
+    on stdin prints the CPU seconds of ``analyze(model, image, blocks="all")`` for every model,
+    per image: the models' own work for the uploads the server just handled."""
+    import torch
+
+    from simam_viz import catalog
+    from simam_viz.analysis import analyze
+    from simam_viz.images import load_image
+
+    by_key = {i.key: i for i in catalog.available(folder)}
+    models = [catalog.load(by_key[k], "cpu") for k in keys.split(",")]
+
+    def work(seed: int) -> float:
+        image = load_image(image_bytes(seed))
+        start = time.process_time()  # every thread of this process
+        for model in models:
+            analyze(model, image, blocks="all")
+        return time.process_time() - start
+
+    for seed in (1, 2):  # first-call costs, as the server's warm-up pays them
+        work(seed)
+    print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps([work(int(s)) for s in line.split(",")]), flush=True)
+
+
+class ModelWork:
+    """The models' own work, measured in a child process on the server's cores between the
+    server's blocks of uploads (so both see the same machine)."""
+
+    def __init__(self, folder: Path, keys: list[str], cpus: set[int],
+                 env: dict[str, str]) -> None:
+        with pinned(cpus):
+            self.proc = subprocess.Popen([sys.executable, __file__, "--model-work", str(folder),
+                                          ",".join(keys)], cwd=ROOT, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True,
+                                         env={**os.environ, **env})
+        self.threads = json.loads(self.proc.stdout.readline())["threads"]
+
+    def __call__(self, seeds: list[int], neighbour: set[int] | None = None) -> list[float]:
+        """CPU seconds per image; with ``neighbour``, while a busy loop runs on those CPUs.
+
+        The server's uploads are measured while the browsers keep their cores busy, and on
+        this machine the same analysis costs 10-20 % more CPU time when the other core is
+        busy (shared caches, the host's scheduling of the two vCPUs): the like-for-like
+        model work is the one measured beside a busy neighbour.
+        """
+        spin = None
+        if neighbour:
+            with pinned(neighbour):
+                spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.2)
+        try:
+            self.proc.stdin.write(",".join(map(str, seeds)) + "\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())
+        finally:
+            if spin is not None:
+                spin.kill()
+                spin.wait()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+def full_size_folder(folder: Path) -> Path:
+    """ResNet-50, SE-ResNet-50 and SimAM-ResNet-50 at full width, random weights, saved in
+    their official key layouts (tests/layouts.py), as an operator's checkpoints/ would be."""
+    import torch
+    from layouts import se_timm, simam_official, torchvision_layout
+
+    torch.save(torchvision_layout()[0], folder / "rn50_tv.pth")
+    torch.save(se_timm()[0], folder / "se_rn50_timm.pth")
+    torch.save(simam_official()[0], folder / "simam_rn50_official.pth.tar")
+    return folder
+
+
+async def select_models(page: Page, labels: list[str]) -> None:
+    """Make the page compare ``labels`` too (the sidebar's multiselect), untimed."""
+    box = page.get_by_role("combobox", name="Compare")
+    for label in labels:
+        await box.click()
+        await page.get_by_role("option").first.wait_for()
+        option = page.get_by_role("option", name=label, exact=True)
+        if await option.count():  # (it lists only what is not selected yet)
+            await option.click()
+            await page.wait_for_timeout(300)
+            await page.wait_for_selector(IDLE, timeout=300_000)
+        await page.keyboard.press("Escape")
+
+
+async def shown(page: Page, name: str, count: int, timeout: float = 120.0) -> None:
+    """Poll until the page shows the figures of the upload ``name`` (at least ``count``)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if await page.evaluate(SHOWN, [name, count]):
+            return
+        await asyncio.sleep(0.02)
+    alerts = await page.locator(ALERTS).all_inner_texts()
+    raise StuckError(f"{name} not shown in {timeout:.0f} s; alerts {alerts}")
+
+
+async def upload_shown(page: Page, name: str, data: bytes, count: int) -> float:
+    """Upload and wait until its figures are on the page; seconds from the hand-over."""
+    async with UPLOAD_LOCK:
+        start = time.perf_counter()
+        await page.locator("input[type=file]").set_input_files(
+            files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+    await shown(page, name, count)
+    return time.perf_counter() - start
+
+
+async def saturate(pages: list[Page], pid: int, count: int, seconds: float,
+                   seed0: int) -> dict:
+    """Every page uploads distinct images back to back for ``seconds``; what got done."""
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
+    stop = time.perf_counter() + seconds
+    serial = iter(range(seed0, seed0 + 100_000))
+
+    async def loop(page: Page) -> None:
+        while time.perf_counter() < stop:
+            seed = next(serial)
+            try:
+                latencies.append(await upload_shown(page, f"sat{seed}.png", image_bytes(seed),
+                                                    count))
+            except StuckError as exc:
+                failures["busy" if "busy" in str(exc) else "stuck"] += 1
+
+    foreign = ForeignCpu()
+    cpu0, gen0, wall0 = cpu_seconds(pid), tree_cpu(pid), time.perf_counter()
+    await asyncio.gather(*(loop(p) for p in pages))
+    wall = time.perf_counter() - wall0
+    return {"done": len(latencies), "wall": wall, "cpu": cpu_seconds(pid) - cpu0,
+            "generator": tree_cpu(pid) - gen0, "latencies": latencies,
+            "failures": dict(failures), "foreign": foreign.report()}
+
+
+def profile_summary(raw: Path, top: int = 22) -> list[str]:
+    """py-spy's raw (collapsed) stacks as lines: the share of the working samples (waiting
+    threads left out) in which each function is on the stack, and where it is innermost."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")[1:]  # [0] names the thread
+        if not frames or frames[-1].startswith(IDLE_FRAMES):
+            idle += int(n)
+            continue
+        total += int(n)
+        names = {f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in frames}
+        for name in names:
+            inclusive[name] += int(n)
+        own[frames[-1]] += int(n)
+    if not total:
+        return ["py-spy recorded no working samples"]
+    boring = ("threading.py", "runpy", "click/", "cli.py", "bootstrap.py", "uvicorn/",
+              "runners.py", "base_events.py", "__main__", "script_runner.py", "exec_code.py",
+              "thread.py", "metrics_util.py", "module.py")
+    lines = [f"py-spy: {total} working samples ({idle} waiting left out); share with the "
+             "function on the stack:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(200)
+              if not any(b in name for b in boring)][:top]
+    lines.append("innermost frames:")
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top // 2)]
+    return lines
+
+
+class Spy:
+    """``py-spy record`` of the server (raw stacks) while the block runs, if asked for."""
+
+    def __init__(self, pid: int, out: Path | None, native: bool) -> None:
+        self.out, self.proc = out, None
+        if out is None:
+            return
+        exe = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:"
+                                          f"{os.environ.get('PATH', '')}")
+        if exe is None:
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw",
+                                      "--rate", "250", "--nonblocking", "--output", str(out)]
+                                     + (["--native"] if native else []),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> list[str]:
+        if self.proc is None:
+            return []
+        self.proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        self.proc.wait(60)
+        return profile_summary(self.out) + [f"raw stacks: {self.out}"]
+
+
+async def capacity_set(p, name: str, folder: Path, args: argparse.Namespace,
+                       server_cpus: set[int]) -> dict:
+    """One model set: server CPU per upload against the models' own work (one session,
+    blocks alternating), then the saturation throughput."""
+    from simam_viz import catalog
+
+    title, per_block, blocks = CAPACITY_SETS[name]
+    blocks = args.blocks or blocks
+    items = catalog.available(folder)
+    wanted = ([i for i in items if i.source == "user file"] if name == "full"
+              else catalog.default_selection(items))
+    defaults = catalog.default_selection(items)
+    out: dict = {"name": name, "title": title, "models": [i.label for i in wanted],
+                 "through_page": [i.key for i in wanted] != [i.key for i in defaults]}
+    count = len(wanted) + 1  # the input and one Grad-CAM per model
+    browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    env = {"SIMAM_VIZ_FETCH": "1" if args.fetch_panel else "0"}  # as the image: no panel
+    if args.torch_threads:
+        env["OMP_NUM_THREADS"] = str(args.torch_threads)
+    with pinned(server_cpus):
+        url, proc = start_app(folder, env=env)
+    work = ModelWork(folder, [i.key for i in wanted], server_cpus, env)
+    quota = None
+    try:
+        _, page = await open_session(browser, url)
+        if out["through_page"]:
+            await select_models(page, [i.label for i in wanted])
+        for k in range(2):  # untimed: loads the models not warmed, first passes
+            await upload_shown(page, f"warm{k}.png", image_bytes(7000 + k), count)
+        await asyncio.sleep(1.0)
+        cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
+        await asyncio.sleep(3.0)
+        out["idle"] = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - wall0)
+        server, model, busy, generator, latency = [], [], [], [], []
+        spy = Spy(proc.pid, args.profile / f"{name}.txt" if args.profile else None,
+                  args.native)
+        for b in range(blocks):
+            seeds = [7100 + per_block * b + k for k in range(per_block)]
+            cpu0, gen0 = cpu_seconds(proc.pid), tree_cpu(proc.pid)
+            latency += [await upload_shown(page, f"one{s}.png", image_bytes(s), count)
+                        for s in seeds]
+            server.append((cpu_seconds(proc.pid) - cpu0) / per_block)
+            generator.append((tree_cpu(proc.pid) - gen0) / per_block)
+            model.append(float(np.mean(work(seeds))))
+            busy.append(float(np.mean(work(seeds, args.browser_cpus - server_cpus))))
+        out["profile"] = spy.stop()
+        out.update(server=server, model=model, busy_model=busy, threads=work.threads,
+                   generator=float(np.median(generator)), one_p50=pct(latency, 50),
+                   uploads=blocks * per_block)
+        if args.seconds <= 0:
+            return out
+        pages = [page] + [(await open_session(browser, url))[1]
+                          for _ in range(args.capacity_sessions - 1)]
+        for extra in pages[1:] if out["through_page"] else ():
+            await select_models(extra, [i.label for i in wanted])
+        # the browsers' cores must not be the limit: cap the server below what they drive
+        drive = GENERATOR_SHARE * len(args.browser_cpus) * np.median(server) / out["generator"]
+        if drive < len(server_cpus) and args.quota:
+            quota = CpuQuota.create(proc.pid, round(max(0.1, drive), 2))
+        out["quota"] = quota.cores if quota else None
+        out["saturation"] = await saturate(pages, proc.pid, count, args.seconds, 20_000)
+    finally:
+        if quota:
+            quota.remove()
+        work.close()
+        stop_app(proc)
+        await browser.close()
+    return out
+
+
+def capacity_report(r: dict, server_cpus: set[int], sessions: int) -> None:
+    server, model = float(np.median(r["server"])), float(np.median(r["model"]))
+    busy = float(np.median(r["busy_model"]))
+    print(f"\n{r['title']}: {', '.join(r['models'])}"
+          + (" (selected through the page)" if r["through_page"] else " (the app's default)"))
+    print(f"  server CPU per upload: {1e3 * server:.0f} ms (median of {len(r['server'])} "
+          f"blocks: {', '.join(f'{1e3 * x:.0f}' for x in r['server'])}; idle server "
+          f"{1e3 * r['idle']:.0f} ms/s), {r['uploads']} uploads one at a time, "
+          f"p50 {r['one_p50']:.2f} s")
+    print(f"  models' own work, analyze(blocks='all') in one process, {r['threads']} torch "
+          f"thread(s): {1e3 * model:.0f} ms CPU per upload with the other cores quiet, "
+          f"{1e3 * busy:.0f} ms beside a busy loop on the browsers' cores, as the server "
+          f"ran (blocks: {', '.join(f'{1e3 * x:.0f}' for x in r['model'])}; "
+          f"{', '.join(f'{1e3 * x:.0f}' for x in r['busy_model'])})")
+    print(f"  server CPU / model work: {server / busy:.2f}x like for like (beside busy "
+          f"cores), {server / model:.2f}x against the quiet figure; the browsers used "
+          f"{1e3 * r['generator']:.0f} ms CPU per upload")
+    for line in r.get("profile", []):
+        print("  " + line)
+    sat = r.get("saturation")
+    if sat is None:
+        return
+    limit = r["quota"] or len(server_cpus)
+    rate = sat["done"] / sat["wall"]
+    busy = sat["cpu"] / sat["wall"] / limit
+    where = (f"server limited to {r['quota']:.2f} of core(s) {sorted(server_cpus)}"
+             if r["quota"] else f"server on core(s) {sorted(server_cpus)}")
+    print(f"  saturation, {sessions} sessions uploading back to back for {sat['wall']:.0f} s, "
+          f"{where}: {sat['done']} uploads, {rate:.2f}/s = {rate / limit:.2f} uploads/s per "
+          f"server core; latency p50 {pct(sat['latencies'], 50):.2f} s, p95 "
+          f"{pct(sat['latencies'], 95):.2f} s; server busy {100 * busy:.0f}% of its "
+          f"{'limit' if r['quota'] else 'cores'} ({1e3 * sat['cpu'] / max(1, sat['done']):.0f} "
+          f"ms CPU per upload), browsers {sat['generator'] / sat['wall']:.2f} cores; "
+          f"failures {sat['failures'] or 'none'}")
+    if busy < 0.85:
+        print("  (the server was not saturated: the figure is a lower bound)")
+    print(f"  {sat['foreign']}")
+
+
+async def capacity_phase(args: argparse.Namespace) -> None:
+    server_cpus, args.browser_cpus = cores(args.server_cores), cores(args.browser_cores)
+    if server_cpus & args.browser_cpus:
+        print("note: the server and the browsers share CPUs: the saturation figures are "
+              "the machine's, not the server's alone")
+    os.sched_setaffinity(0, args.browser_cpus)  # this script, Playwright, the browsers
+    if args.nice and os.geteuid() == 0:  # before the machine's other jobs (inherited by all)
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    with tempfile.TemporaryDirectory(prefix="capacity_") as tmp:
+        for name in args.sets:
+            folder = Path(args.checkpoints)
+            if name == "full":  # only the three full-size files: no demo models
+                folder = full_size_folder(Path(tmp))
+                os.environ["SIMAM_VIZ_DEMO_MODELS"] = "0"
+            try:
+                async with async_playwright() as p:
+                    r = await capacity_set(p, name, folder, args, server_cpus)
+            finally:
+                os.environ.pop("SIMAM_VIZ_DEMO_MODELS", None)
+            capacity_report(r, server_cpus, args.capacity_sessions)
+
+
 def plot(curve: list[tuple[int, float]], after_ttl: float, path: Path) -> None:
     import matplotlib
 
@@ -291,6 +766,10 @@ def plot(curve: list[tuple[int, float]], after_ttl: float, path: Path) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     checkpoints = Path(args.checkpoints)
+    if "capacity" in args.phases:
+        await capacity_phase(args)
+        if args.phases == ["capacity"]:
+            return
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         if "load" in args.phases:
@@ -339,16 +818,45 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--model-work"]:  # the capacity phase's child on the server's cores
+        model_work_main(*sys.argv[2:4])
+        return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phases", nargs="*", default=["load", "busy", "soak"],
-                        choices=["load", "busy", "soak"])
+                        choices=["load", "busy", "soak", "capacity"])
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="concurrent sessions per load round (default 1 2 4 8)")
     parser.add_argument("--sessions", type=int, default=200, help="soak sessions (default 200)")
     parser.add_argument("--width", type=int, default=4, help="soak sessions at a time")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "soak_rss.png"))
+    cap = parser.add_argument_group("capacity")
+    cap.add_argument("--sets", nargs="+", default=["demo", "full"], choices=list(CAPACITY_SETS),
+                     help="model sets (default: demo full)")
+    cap.add_argument("--server-cores", default="0", help="CPUs the server runs on (default 0)")
+    cap.add_argument("--browser-cores", default="1",
+                     help="CPUs for this script and the browsers (default 1)")
+    cap.add_argument("--capacity-sessions", type=int, default=6,
+                     help="sessions uploading back to back at saturation (default 6)")
+    cap.add_argument("--seconds", type=float, default=30.0,
+                     help="length of the saturation window (default 30)")
+    cap.add_argument("--blocks", type=int, default=0,
+                     help="blocks of uploads one at a time, each followed by the models' own "
+                          "work for the same images (default: 5 demo, 3 full)")
+    cap.add_argument("--torch-threads", type=int, default=0,
+                     help="OMP_NUM_THREADS for the server and the model work (default: "
+                          "torch's own, one per server core)")
+    cap.add_argument("--fetch-panel", action="store_true",
+                     help="keep the app's checkpoint-download panel (the image turns it off)")
+    cap.add_argument("--no-quota", dest="quota", action="store_false",
+                     help="never limit the server's CPU (cgroup) at saturation")
+    cap.add_argument("--profile", type=Path,
+                     help="record the server with py-spy (pip install py-spy) during the "
+                          "one-at-a-time uploads: raw stacks in this folder, summary printed")
+    cap.add_argument("--native", action="store_true", help="py-spy --native")
+    cap.add_argument("--nice", type=int, default=-10,
+                     help="priority of the server and the browsers, as root (default -10)")
     asyncio.run(main_async(parser.parse_args()))
 
 
