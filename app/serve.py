@@ -31,11 +31,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-from streamlit.starlette import App
+# torch's threads per analysis: the CPUs this process may use, shared by the analyses that
+# run at once (SIMAM_VIZ_MAX_CONCURRENT). More threads than free CPUs make OpenMP's threads
+# spin against each other: on 2 CPUs with 2 threads per analysis, an upload of the demo
+# models cost 0.4-1.35 s of server CPU instead of 0.16-0.2 s (serving.py capacity).
+# Set before anything loads torch; an explicit OMP_NUM_THREADS is kept.
+if "OMP_NUM_THREADS" not in os.environ:
+    _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _SLOTS = max(1, int(os.environ.get("SIMAM_VIZ_MAX_CONCURRENT", "2")))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (_CPUS or 1) // _SLOTS))
+
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+from streamlit.starlette import App  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -123,8 +123,9 @@ def screen_jpeg(key: str, _picture: Callable[[], np.ndarray]) -> bytes:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def screen_png(key: str, _picture: np.ndarray) -> bytes:
-    """Lossless on-screen PNG (the analysed crop, whose pixels users compare)."""
-    return figures.panel_png(_picture)
+    """Lossless on-screen PNG (the analysed crop, whose pixels users compare); zlib level 1:
+    the same pixels, encoded in a third of the time."""
+    return figures.panel_png(_picture, compress_level=1)
 
 
 # --- inputs ------------------------------------------------------------------------------

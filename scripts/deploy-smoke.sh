@@ -24,7 +24,7 @@
 #      stopped container on this host; then the container stops.
 #   env: IMG (localhost/simam-viz:smoke)  PROXY_IMG (localhost/simam-viz-proxy:smoke)
 #        PORT (8503)  WORK (/tmp/simam-viz-ctr: docker-smoke's podman settings)  SESSIONS (6)
-#        THREADS (torch threads per replica: 2, compose.yaml's OMP_NUM_THREADS)
+#        THREADS (torch threads per analysis: 1, compose.yaml's OMP_NUM_THREADS)
 #        FAILOVER_LIMIT (10: seconds from the stop until the moved sessions, having uploaded
 #        again, show their own figures)
 #        VANISH (auto: drop packets before the stop when nsenter and nft work here; 0: a plain
@@ -38,7 +38,7 @@ PROXY_IMG=${PROXY_IMG:-localhost/simam-viz-proxy:smoke}
 PORT=${PORT:-8503}
 WORK=${WORK:-/tmp/simam-viz-ctr}
 SESSIONS=${SESSIONS:-6}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 FAILOVER_LIMIT=${FAILOVER_LIMIT:-10}
 BUSY_WAIT_S=${BUSY_WAIT_S:-60}
 VANISH=${VANISH:-auto}
