@@ -19,20 +19,28 @@ from simam_viz.errors import BusyError
 from simam_viz.service import Admission, ResultCache, Service, nbytes_of
 
 
-def _hold(admission: Admission, what: str, session: str | None, entered: threading.Event,
-          release: threading.Event, errors: list) -> threading.Thread:
-    def body() -> None:
-        try:
-            with admission.slot(what, session):
+class Holder:
+    """A thread holding one slot until ``release()``; a refusal lands in ``errors``."""
+
+    def __init__(self, admission: Admission, what: str, session: str | None) -> None:
+        self.errors: list[BusyError] = []
+        self._release, entered = threading.Event(), threading.Event()
+
+        def body() -> None:
+            try:
+                with admission.slot(what, session):
+                    entered.set()
+                    self._release.wait(10)
+            except BusyError as exc:
+                self.errors.append(exc)
                 entered.set()
-                release.wait(10)
-        except BusyError as exc:
-            errors.append(exc)
-            entered.set()
-    thread = threading.Thread(target=body)
-    thread.start()
-    entered.wait(10)
-    return thread
+        self._thread = threading.Thread(target=body)
+        self._thread.start()
+        entered.wait(10)
+
+    def release(self) -> None:
+        self._release.set()
+        self._thread.join()
 
 
 def _enter(admission: Admission, what: str, session: str | None) -> None:
@@ -43,30 +51,26 @@ def _enter(admission: Admission, what: str, session: str | None) -> None:
 
 def test_optional_work_leaves_one_slot_for_analyses() -> None:
     admission = Admission(slots=2, wait_s=0.2)
-    release, errors = threading.Event(), []
-    holder = _hold(admission, "trust", "s1", threading.Event(), release, errors)
+    holder = Holder(admission, "trust", "s1")
     t0 = time.perf_counter()
     with pytest.raises(BusyError, match="busy"):
         _enter(admission, "trust", "s2")
     assert 0.15 < time.perf_counter() - t0 < 1.5  # refused after its wait, not queued forever
     with admission.slot("analysis", "s3"):  # the slot optional work may not take
         assert admission.busy == 2
-    release.set()
-    holder.join()
-    assert not errors and admission.busy == 0 and admission.busy_replies == {"slots": 1}
+    holder.release()
+    assert not holder.errors and admission.busy == 0 and admission.busy_replies == {"slots": 1}
 
 
 def test_one_job_per_session_is_refused_at_once() -> None:
     admission = Admission(slots=4, wait_s=5)
-    release, errors = threading.Event(), []
-    holder = _hold(admission, "analysis", "same", threading.Event(), release, errors)
+    holder = Holder(admission, "analysis", "same")
     t0 = time.perf_counter()
     with pytest.raises(BusyError, match="previous request is still running"):
         _enter(admission, "export", "same")
     assert time.perf_counter() - t0 < 0.1  # at once: no waiting for the slot
     _enter(admission, "export", "other")  # other sessions are not affected
-    release.set()
-    holder.join()
+    holder.release()
     _enter(admission, "export", "same")  # and the session may run its next job
     assert admission.busy_replies == {"session": 1}
 
@@ -180,13 +184,11 @@ def test_analyses_and_trust_checks_have_separate_caches() -> None:
 def test_metrics_count_jobs_waits_and_busy_replies() -> None:
     service = Service(max_concurrent=1, wait_s=0.05)
     service.compute(("x",), lambda: np.zeros(1000, dtype=np.float32), what="analysis")
-    release, errors = threading.Event(), []
-    holder = _hold(service.admission, "analysis", "s", threading.Event(), release, errors)
+    holder = Holder(service.admission, "analysis", "s")
     with pytest.raises(BusyError):
         service.compute(("y",), lambda: 1, what="analysis")
     text = service.metrics()
-    release.set()
-    holder.join()
+    holder.release()
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
               for line in text.splitlines() if line and not line.startswith("#")}
     assert values["simam_viz_slots_total"] == 1 and values["simam_viz_slots_busy"] == 1
