@@ -170,8 +170,9 @@ class Admission:
       while the latency of those admitted stays what one job costs.
     - Optional work (anything not in ``ESSENTIAL_WORK``) may hold at most ``slots - 1`` slots
       (at least one), so two sessions spamming trust checks cannot hold every slot.
-    - One job in flight per session: a second request of the same session is refused at
-      once (two tabs are two sessions, each limited alike).
+    - One job in flight per session: a second request of the same session waits until the
+      first has finished (within the same ``wait_s``), and holds no place in the slots' line
+      meanwhile (two tabs are two sessions, each limited alike).
     - Counters for ``/metrics``: jobs and their seconds by kind, queue wait, busy replies.
     """
 
@@ -220,14 +221,21 @@ class Admission:
         optional = what not in ESSENTIAL_WORK
         ticket = object()
         start = time.monotonic()
+        deadline = start + self.wait_s
         with self._cond:
-            if session is not None and session in self._sessions:
-                raise self._refuse("session", "your previous request is still running; "
-                                   "please retry when it has finished")
+            # a session's jobs run one after another: Streamlit starts a new script thread on
+            # every rerun (runner.fastReruns) while the old one finishes its model call, so
+            # the second job waits for the first (not for a slot) and is refused only if the
+            # first outlasts the wait
+            while session is not None and session in self._sessions:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._refuse("session", "your previous request is still running; "
+                                       "please retry when it has finished")
+                self._cond.wait(left)
             self._queue.append((ticket, optional))
             if session is not None:
                 self._sessions.add(session)
-            deadline = start + self.wait_s
             try:
                 while not self._my_turn(ticket):
                     left = deadline - time.monotonic()
