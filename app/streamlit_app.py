@@ -160,11 +160,24 @@ def _mark_upload(sha: str) -> None:
 def _lost_upload_note() -> None:
     """Say so when this fresh session's page had an upload that the server no longer holds."""
     short = st.query_params.get("upload")
-    if short is None or "_last_upload" in st.session_state or st.session_state.get("upload"):
+    if short is None or "_last_upload" in st.session_state or st.session_state.get(
+            _uploader_key()):
         return
     st.warning(RELOADED_UPLOAD if short in uploads_seen() else LOST_UPLOAD)
     LOG.info("a page came back without its upload %s", short)
     del st.query_params["upload"]
+    # A fresh uploader: the browser still shows the lost file's chip, whose file this server
+    # never had; replacing it (a delete, then the upload) right after a reconnect sometimes
+    # left the new file without its rerun (Streamlit 1.67's frontend), so the page showed the
+    # example under the new file's chip. A new key gives an empty uploader instead.
+    st.session_state["_uploader_generation"] = st.session_state.get(
+        "_uploader_generation", 0) + 1
+
+
+def _uploader_key() -> str:
+    """The uploader's widget key: a new one after a lost upload (see ``_lost_upload_note``)."""
+    generation = st.session_state.get("_uploader_generation", 0)
+    return "upload" if generation == 0 else f"upload{generation}"
 
 
 @st.fragment(run_every=300)
@@ -205,7 +218,7 @@ def read_input() -> tuple[bytes, str, bool] | None:
         st.warning(refused)
     left, right = st.columns([3, 2])
     upload = left.file_uploader("Upload an image (JPEG, PNG, WebP, BMP or GIF, up to 10 MB)",
-                                type=UPLOAD_TYPES, key="upload", on_change=_use,
+                                type=UPLOAD_TYPES, key=_uploader_key(), on_change=_use,
                                 args=("upload",))
     example = None
     if examples:

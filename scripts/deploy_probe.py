@@ -536,6 +536,10 @@ async def phase_failover(browser: Browser, args) -> dict:
                 s.problems.append(f"no '{LOST_UPLOAD}' after a rerun either (alerts on the "
                                   f"page: {alerts})")
         check_page(s, await s.page.evaluate(STATE))
+        # the user reads the notice, then uploads: once the page has been quiet for a second
+        # (an upload sent while the reconnect's run is still ending can be dropped by
+        # Streamlit's frontend, which then shows the example again)
+        await quiet(s, 1.0, timeout=30.0)
         name, data = await upload(s, 4000 + s.index)
         try:
             state = await settle(s, name, timeout=60.0)
