@@ -518,9 +518,10 @@ class Exports:
     cache under everything it depends on.
     """
 
-    def __init__(self, keys: Sequence[str], style: dict, extra: str = "") -> None:
-        self.scope = "|".join(keys) + f"|{style['colormap']}|{style['alpha']}|{style['shared']}"
-        self.scope += extra
+    def __init__(self, keys: Sequence[str], style: dict, block: str, stem: str) -> None:
+        # the analysis keys already hold image, models, method, lambda and class
+        self.scope = "|".join([*keys, style["colormap"], str(style["alpha"]),
+                               str(style["shared"]), block, stem])
         self.session = session_id()  # the click runs outside the script thread
 
     def __call__(self, name: str, build: Callable[[], bytes]) -> Callable[[], bytes]:
@@ -537,7 +538,7 @@ def view_export(results: Sequence[Analysis], models, style: dict, opts: dict, bl
                 checks: Sequence[TrustCheck] = ()) -> None:
     st.subheader("Export")
     stem = Path(name).stem or "image"
-    exports = Exports(keys, style, f"|{block}|{opts['method']}|{opts['lambda']}|{stem}")
+    exports = Exports(keys, style, block, stem)
     st.markdown("**Panels (PNG, native resolution)**")
     cols = st.columns(max(2, len(results)))
     blend = {"colormap": style["colormap"], "alpha": style["alpha"]}
@@ -623,8 +624,8 @@ def _explore(results: list[Analysis], keys: list[str], models, opts: dict, data_
                               on_change=remember, args=("shared",)),
     }
     pics = Pictures(results, keys, style)
-    simam = next((i for i, r in enumerate(results) if r.arch == "simam_resnet50"), None)
-    se = next((i for i, r in enumerate(results) if r.arch == "se_resnet50"), None)
+    simam = next((i for i, r in enumerate(results) if r.attention_kind == "simam"), None)
+    se = next((i for i, r in enumerate(results) if r.attention_kind == "se"), None)
     tabs = st.tabs(VIEWS, key="view", on_change="rerun")
     shown = [view for view, tab in zip(VIEWS, tabs, strict=True) if tab.open]
     LOG.debug("render view %s", shown[0] if shown else VIEWS[0])
