@@ -26,7 +26,14 @@ from torch import nn
 from simam_viz.attention import SimAM
 from simam_viz.cam_methods import METHODS, compute_cam
 from simam_viz.errors import AnalysisError
-from simam_viz.models import BLOCKS, DEFAULT_BLOCK, ModelInfo, model_info, validate_block
+from simam_viz.models import (
+    ARCHS,
+    BLOCKS,
+    DEFAULT_BLOCK,
+    ModelInfo,
+    model_info,
+    validate_block,
+)
 from simam_viz.taps import Recorder, taps_for_block
 
 __all__ = ["Analysis", "AnalysisError", "Prediction", "analyze", "model_lock", "resolve_target"]
@@ -79,6 +86,12 @@ class Analysis:
     _raw: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
     _attention: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _channels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def attention_kind(self) -> str | None:
+        """The attention module's kind ("se", "simam", ...; None for plain ResNet-50), from
+        the architecture registry: views ask this instead of comparing architecture names."""
+        return ARCHS[self.arch].attention
 
     def wheres(self, block: str) -> tuple[str, ...]:
         """The ``where`` values available for ``block`` (depends on the attention module)."""

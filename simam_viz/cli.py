@@ -360,9 +360,10 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 def _demo_simam() -> CatalogItem:
     """The demo SimAM model, the only default that can answer ``explain``."""
     from simam_viz.catalog import available_demo
+    from simam_viz.models import ARCHS
 
     for item in available_demo():
-        if item.arch == "simam_resnet50":
+        if ARCHS[item.arch].attention == "simam":
             return item
     raise SimamVizError("no demo SimAM model found; pass --checkpoint")
 

@@ -78,16 +78,16 @@ def render(results: Sequence[Analysis], request: ExportRequest) -> dict[str, Fig
             [r.model_name for r in results], shared_scale=request.shared_scale,
             raw_cams=[[r.raw_cam(block, "output") for r in results]], **style,
         )
-    se = next((r for r in results if r.arch == "se_resnet50"), None)
+    se = next((r for r in results if r.attention_kind == "se"), None)
     for r in results:
         name = slug(r.model_name)
-        if r.arch == "simam_resnet50" and "6" in request.figures:
+        if r.attention_kind == "simam" and "6" in request.figures:
             _, mean_map = r.attention(block)
             out[f"figure6_{name}"] = figures.figure6(
                 [image], [r.cam(block, "before")], [r.cam(block, "after")], [mean_map],
                 [r.cam(block, "attention")], captions=[f"{r.target_name} ({block})"], **style,
             )
-        if r.arch == "simam_resnet50" and "channels" in request.figures:
+        if r.attention_kind == "simam" and "channels" in request.figures:
             weights, _ = r.attention(block)
             excitation = se.channel_weights(block) if se is not None else None
             if excitation is not None and excitation.shape != r.channel_weights(block).shape:
