@@ -58,7 +58,7 @@ COPY --chown=root:root checkpoints ./checkpoints
 RUN pip install --no-deps -e . \
     && if [ -n "$FETCH" ]; then simam-viz fetch --redistributable-only $FETCH; fi \
     && mkdir -p /app/checkpoints/official && chmod -R a+rX /app \
-    && python -c "import simam_viz.catalog as c; print([i.key for i in c.available()])"
+    && python -c "import simam_viz.weights.catalog as c; print([i.key for i in c.available()])"
 
 # A published image is a public demo: no checkpoint-download panel (visitors cannot make the
 # server fetch weights). `make run` keeps it; `docker run -e SIMAM_VIZ_FETCH=1` turns it on.

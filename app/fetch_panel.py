@@ -2,7 +2,7 @@
 
 Without it a user who wants the published weights has to leave the browser, run
 ``simam-viz fetch NAME`` and restart. The panel runs exactly that download
-(:func:`simam_viz.fetch.fetch`: sha256-verified, written under a temporary name and renamed
+(:func:`simam_viz.weights.fetch.fetch`: sha256-verified, written under a temporary name and renamed
 only when verified), shows its progress, and on success asks the app to forget its cached
 catalog and reruns, so the new model is offered at once. Every failure is the fetch error's
 one line, which already says which URL to open and where to save the file by hand; the
@@ -10,7 +10,8 @@ traceback goes to the log, not the page.
 
 The page may be public, so it never shows a server path: the folder is "the checkpoints
 folder" and files are named by their file name alone. ``SIMAM_VIZ_FETCH=0``
-(:func:`simam_viz.fetch.fetch_enabled`) removes the panel altogether, and a download takes one
+(:func:`~simam_viz.weights.fetch.fetch_enabled`)
+removes the panel altogether, and a download takes one
 of the server's admission slots (``shared_service().admit("fetch", session)``), so it counts
 against the same bound as analyses; a busy server is one line, as anywhere else.
 
@@ -30,8 +31,8 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from simam_viz.errors import SimamVizError
-from simam_viz.fetch import fetch, fetch_enabled
-from simam_viz.registry import (
+from simam_viz.weights.fetch import fetch, fetch_enabled
+from simam_viz.weights.registry import (
     RegistryEntry,
     find_present,
     load_registry,
@@ -160,7 +161,7 @@ def _run_fetch(
 def _admission() -> AbstractContextManager[Any]:
     """One of the server's admission slots for the download (not for waiting on another
     session's download of the same file: ``fetch`` enters this only when it downloads)."""
-    from simam_viz.service import shared_service
+    from simam_viz.serving.service import shared_service
 
     ctx = get_script_run_ctx()  # the session: one heavy job per session
     return shared_service().admit("fetch", None if ctx is None else ctx.session_id)

@@ -1,10 +1,10 @@
 """The "Explain SimAM" view: why one neuron got its weight, with the module's own numbers.
 
 One forward pass per (analysis, block) records what the block's SimAM module saw and
-produced (``simam_viz.neuron.record_simam``), through the shared service like any model
+produced (``simam_viz.engine.neuron.record_simam``), through the shared service like any model
 work. Everything after that (choosing a channel, clicking a neuron, moving the display
 lambda) is arithmetic on the recorded arrays (``explain_from_arrays``) and redraws of pure
-charts (``simam_viz.neuron_charts``): no model runs.
+charts (``simam_viz.rendering.neuron_charts``): no model runs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from PIL import Image
 from torch import nn
 from widgets import kept, remember, session_id
 
-from simam_viz import figures, neuron_charts, neuron_figures
-from simam_viz.analysis import Analysis
-from simam_viz.neuron import SimAMRecord, explain_from_arrays, record_simam
-from simam_viz.service import shared_service
+from simam_viz.engine.analysis import Analysis
+from simam_viz.engine.neuron import SimAMRecord, explain_from_arrays, record_simam
+from simam_viz.rendering import figures, neuron_charts, neuron_figures
+from simam_viz.serving.service import shared_service
 
 __all__ = ["recorded", "view_explain"]
 

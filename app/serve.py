@@ -5,7 +5,7 @@ for importing torch, loading the models and PyTorch's first passes (10-11 s). Th
 an ``st.App`` (Streamlit's ASGI entry point, which ``streamlit run`` detects) whose lifespan
 starts that work in a background thread and returns at once: the health endpoint answers
 immediately, and the first visitor finds the default models loaded and the default example
-already analysed in the process-wide caches that the page uses (``simam_viz.service``).
+already analysed in the process-wide caches that the page uses (``simam_viz.serving.service``).
 The page itself is ``streamlit_app.py``; ``streamlit run app/streamlit_app.py`` still works,
 cold.
 
@@ -67,10 +67,10 @@ def warm() -> None:
         import plotly.graph_objects  # noqa: F401  (the Channels view's charts)
         import torch
 
-        from simam_viz import catalog, figures  # noqa: F401
         from simam_viz.images import image_sha256, load_image
-        from simam_viz.registry import checkpoints_dir
-        from simam_viz.service import shared_models, warm_up
+        from simam_viz.serving.service import shared_models, warm_up
+        from simam_viz.weights import catalog  # noqa: F401
+        from simam_viz.weights.registry import checkpoints_dir
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         items = catalog.default_selection(catalog.available(checkpoints_dir()))
@@ -110,7 +110,7 @@ async def metrics(_request: Request) -> PlainTextResponse:
     and would stall every connection); until the warm-up has imported it, only the readiness
     gauge is there.
     """
-    service = getattr(sys.modules.get("simam_viz.service"), "shared_service", None)
+    service = getattr(sys.modules.get("simam_viz.serving.service"), "shared_service", None)
     ready = int(READINESS["state"] == "ready")
     text = (service().metrics() if service is not None else "") + (
         "# HELP simam_viz_ready 1 once the warm-up has succeeded.\n"

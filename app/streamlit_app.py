@@ -1,7 +1,7 @@
 """SimAM-Viz web app: a thin Streamlit shell over ``simam_viz``.
 
 A full script run happens only when the analyses may change (image, models, device, CAM
-method, lambda, class). It runs or recalls one analysis per model in ``simam_viz.service``
+method, lambda, class). It runs or recalls one analysis per model in ``simam_viz.serving.service``
 and hands the results to ``explore``, a fragment: everything a user does there (colour map,
 alpha, shared scale, tabs, block, top-k) reruns only the fragment, and only the open tab is
 drawn. On-screen pictures are JPEG bytes cached by (analysis, display settings); downloads
@@ -41,16 +41,17 @@ from widgets import (  # noqa: E402
     session_id,
 )
 
-from simam_viz import catalog, charts, figures  # noqa: E402
-from simam_viz.analysis import Analysis  # noqa: E402
-from simam_viz.cam_methods import METHODS  # noqa: E402
+from simam_viz.engine.analysis import Analysis  # noqa: E402
+from simam_viz.engine.cam_methods import METHODS  # noqa: E402
 from simam_viz.errors import SimamVizError  # noqa: E402
-from simam_viz.export import ExportRequest, render, write_exports  # noqa: E402
-from simam_viz.guidance import unfamiliar_image_note  # noqa: E402
 from simam_viz.images import MAX_BYTES, image_sha256, load_image  # noqa: E402
-from simam_viz.models import STAGE_BLOCKS  # noqa: E402
-from simam_viz.registry import checkpoints_dir  # noqa: E402
-from simam_viz.service import analysis_key, shared_models, shared_service  # noqa: E402
+from simam_viz.networks.models import STAGE_BLOCKS  # noqa: E402
+from simam_viz.rendering import charts, figures
+from simam_viz.rendering.export import ExportRequest, render, write_exports  # noqa: E402
+from simam_viz.serving.guidance import unfamiliar_image_note  # noqa: E402
+from simam_viz.serving.service import analysis_key, shared_models, shared_service  # noqa: E402
+from simam_viz.weights import catalog  # noqa: E402
+from simam_viz.weights.registry import checkpoints_dir  # noqa: E402
 
 LOG = logging.getLogger("simam_viz.app")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]

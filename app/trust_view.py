@@ -5,7 +5,7 @@ shows a progress bar, and goes through the shared service: it takes one of the s
 concurrency slots like an analysis, runs once when two sessions ask together, and is cached
 by the analysis key plus (block, map, method). A check already in the cache is shown at
 once, without a button. Everything drawn is a pure function of the cached result
-(``simam_viz.trust_figures``).
+(``simam_viz.rendering.trust_figures``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from PIL import Image
 from torch import nn
 from widgets import kept, remember, session_id
 
-from simam_viz import figures, trust_figures
-from simam_viz.analysis import Analysis, analyze
-from simam_viz.cam_methods import METHODS
-from simam_viz.service import shared_service
-from simam_viz.trust import SANITY_SCORES, SanityStep, faithfulness, sanity_check
+from simam_viz.engine.analysis import Analysis, analyze
+from simam_viz.engine.cam_methods import METHODS
+from simam_viz.engine.trust import SANITY_SCORES, SanityStep, faithfulness, sanity_check
+from simam_viz.rendering import figures, trust_figures
+from simam_viz.serving.service import shared_service
 
 __all__ = ["TrustCheck", "trust_key", "view_trust"]
 

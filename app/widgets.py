@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from simam_viz.models import STAGE_BLOCKS
+from simam_viz.networks.models import STAGE_BLOCKS
 
 __all__ = ["DEFAULT_STAGE", "choose_block", "default_index", "kept", "remember", "session_id"]
 

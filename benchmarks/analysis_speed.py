@@ -20,7 +20,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from simam_viz import build_model
-from simam_viz.analysis import analyze
+from simam_viz.engine.analysis import analyze
 
 BLOCK = "layer4.2"
 

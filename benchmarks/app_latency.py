@@ -308,7 +308,7 @@ def full_size_checkpoints(folder: Path) -> list[str]:
     import torch
     from layouts import se_timm, simam_official, torchvision_layout
 
-    from simam_viz import catalog
+    from simam_viz.weights import catalog
 
     torch.save(torchvision_layout()[0], folder / "rn50_tv.pth")
     torch.save(se_timm()[0], folder / "se_rn50_timm.pth")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import layouts  # noqa: E402
 
 from simam_viz import build_model, load_model, save_checkpoint  # noqa: E402
-from simam_viz.preprocess import Preprocessing  # noqa: E402
+from simam_viz.networks.preprocess import Preprocessing  # noqa: E402
 
 FIXTURES = {
     "torchvision (.pth)": (layouts.torchvision_layout, "resnet50.pth"),

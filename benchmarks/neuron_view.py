@@ -1,6 +1,6 @@
 """The 3-D SimAM weights view: build + ``to_json`` time per block against a 1 s target.
 
-``simam_viz.neuron_charts.weights_3d`` is what the app's "Explain SimAM" view sends to the
+``simam_viz.rendering.neuron_charts.weights_3d`` is what the app's "Explain SimAM" view sends to the
 browser for a block's C x h x w weights (top-k channels as stacked slices). The target is
 well under a second for every block of the demo SimAM model (width 0.25, 161-pixel input,
 on a bundled example scene) and of a full-width SimAM-ResNet-50 at 224 pixels (random
@@ -25,16 +25,16 @@ import numpy as np
 import torch
 
 from simam_viz import build_model
-from simam_viz.checkpoints import load_model
+from simam_viz.engine.neuron import explain_from_arrays
 from simam_viz.images import load_image
-from simam_viz.models import BLOCKS, attention_module
-from simam_viz.neuron import explain_from_arrays
-from simam_viz.neuron_charts import (
+from simam_viz.networks.models import BLOCKS, attention_module
+from simam_viz.rendering.neuron_charts import (
     channel_map,
     separating_line_chart,
     weight_curve_chart,
     weights_3d,
 )
+from simam_viz.weights.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 1.0

@@ -420,9 +420,9 @@ def model_work_main(folder: str, keys: str) -> None:
     per image: the models' own work for the uploads the server just handled."""
     import torch
 
-    from simam_viz import catalog
-    from simam_viz.analysis import analyze
+    from simam_viz.engine.analysis import analyze
     from simam_viz.images import load_image
+    from simam_viz.weights import catalog
 
     by_key = {i.key: i for i in catalog.available(folder)}
     models = [catalog.load(by_key[k], "cpu") for k in keys.split(",")]
@@ -616,7 +616,7 @@ async def capacity_set(p, name: str, folder: Path, args: argparse.Namespace,
                        server_cpus: set[int]) -> dict:
     """One model set: server CPU per upload against the models' own work (one session,
     blocks alternating), then the saturation throughput."""
-    from simam_viz import catalog
+    from simam_viz.weights import catalog
 
     title, per_block, blocks = CAPACITY_SETS[name]
     blocks = args.blocks or blocks

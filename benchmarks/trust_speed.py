@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from simam_viz import build_model, load_model
-from simam_viz.trust import compare_maps, faithfulness, sanity_check
+from simam_viz.engine.trust import compare_maps, faithfulness, sanity_check
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "app" / "examples" / "scene_dog_3.png"

@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from apphost import CHROMIUM, CHROMIUM_ARGS, png_bytes  # noqa: E402
 
-from simam_viz.preprocess import Preprocessing  # noqa: E402
+from simam_viz.networks.preprocess import Preprocessing  # noqa: E402
 
 UPSTREAM_HEADER = "x-simam-viz-upstream"  # the proxy's debug header (PROXY_DEBUG_UPSTREAM=1)
 COOKIE = "simam_viz_affinity"  # the proxy's affinity cookie: ADDRESS:PORT of the replica

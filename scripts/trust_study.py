@@ -53,8 +53,8 @@ def _job(args: tuple[str, str, str, int | None, str]) -> tuple[str, str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from simam_viz.checkpoints import load_model
-    from simam_viz.evaluation import evaluate, write_per_image
+    from simam_viz.studies.evaluation import evaluate, write_per_image
+    from simam_viz.weights.checkpoints import load_model
 
     start = time.perf_counter()
     model = load_model(ROOT / "checkpoints" / "demo" / f"{arch}.safetensors")
@@ -141,7 +141,7 @@ def figure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from simam_viz.evaluation import bootstrap_interval
+    from simam_viz.studies.evaluation import bootstrap_interval
 
     chosen = {r["arch"]: r for r in rows if r["method"] == "gradcam" and r["where"] == "output"}
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharex=True)

@@ -10,8 +10,13 @@ The public API is importable from here::
 
 Every name is imported on first use (PEP 562): torch takes seconds to import and the analysis
 engine pulls in pytorch-grad-cam, so ``import simam_viz``, ``simam-viz --version`` and the
-app server's health endpoint stay instant. Submodule paths (``simam_viz.analysis.analyze``)
-keep working.
+app server's health endpoint stay instant.
+
+Modules live in subpackages by role, in the order data flows through them: ``networks``
+(attention kinds, models, taps), ``weights`` (checkpoints, registry, catalog, fetch),
+``engine`` (the analysis pass, CAM methods, neuron, trust), ``rendering`` (pictures,
+figures, charts, exports), ``serving`` (admission and caches) and ``studies`` (scenes,
+training, evaluation); errors, logs, resources, images, devices and the CLI sit at the top.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from simam_viz.analysis import Analysis, analyze
-    from simam_viz.attention import CBAM, ECA, SE, SimAM
-    from simam_viz.checkpoints import identify_checkpoint, load_model, save_checkpoint
+    from simam_viz.engine.analysis import Analysis, analyze
+    from simam_viz.engine.neuron import explain_neuron
+    from simam_viz.engine.trust import faithfulness, sanity_check
     from simam_viz.errors import (
         AnalysisError,
         CheckpointError,
@@ -32,36 +37,36 @@ if TYPE_CHECKING:
         ImageError,
         SimamVizError,
     )
-    from simam_viz.models import ARCHS, BLOCKS, ModelInfo, build_model, model_info
-    from simam_viz.neuron import explain_neuron
-    from simam_viz.preprocess import Preprocessing, imagenet_classes
-    from simam_viz.trust import faithfulness, sanity_check
+    from simam_viz.networks.attention import CBAM, ECA, SE, SimAM
+    from simam_viz.networks.models import ARCHS, BLOCKS, ModelInfo, build_model, model_info
+    from simam_viz.networks.preprocess import Preprocessing, imagenet_classes
+    from simam_viz.weights.checkpoints import identify_checkpoint, load_model, save_checkpoint
 
 _LAZY: dict[str, str] = {
-    "analyze": "simam_viz.analysis",
-    "Analysis": "simam_viz.analysis",
+    "analyze": "simam_viz.engine.analysis",
+    "Analysis": "simam_viz.engine.analysis",
     "AnalysisError": "simam_viz.errors",
     "CheckpointError": "simam_viz.errors",
     "FetchError": "simam_viz.errors",
     "ImageError": "simam_viz.errors",
     "SimamVizError": "simam_viz.errors",
-    "SimAM": "simam_viz.attention",
-    "SE": "simam_viz.attention",
-    "ECA": "simam_viz.attention",
-    "CBAM": "simam_viz.attention",
-    "identify_checkpoint": "simam_viz.checkpoints",
-    "load_model": "simam_viz.checkpoints",
-    "save_checkpoint": "simam_viz.checkpoints",
-    "ARCHS": "simam_viz.models",
-    "BLOCKS": "simam_viz.models",
-    "ModelInfo": "simam_viz.models",
-    "build_model": "simam_viz.models",
-    "model_info": "simam_viz.models",
-    "Preprocessing": "simam_viz.preprocess",
-    "imagenet_classes": "simam_viz.preprocess",
-    "faithfulness": "simam_viz.trust",
-    "sanity_check": "simam_viz.trust",
-    "explain_neuron": "simam_viz.neuron",
+    "SimAM": "simam_viz.networks.attention",
+    "SE": "simam_viz.networks.attention",
+    "ECA": "simam_viz.networks.attention",
+    "CBAM": "simam_viz.networks.attention",
+    "identify_checkpoint": "simam_viz.weights.checkpoints",
+    "load_model": "simam_viz.weights.checkpoints",
+    "save_checkpoint": "simam_viz.weights.checkpoints",
+    "ARCHS": "simam_viz.networks.models",
+    "BLOCKS": "simam_viz.networks.models",
+    "ModelInfo": "simam_viz.networks.models",
+    "build_model": "simam_viz.networks.models",
+    "model_info": "simam_viz.networks.models",
+    "Preprocessing": "simam_viz.networks.preprocess",
+    "imagenet_classes": "simam_viz.networks.preprocess",
+    "faithfulness": "simam_viz.engine.trust",
+    "sanity_check": "simam_viz.engine.trust",
+    "explain_neuron": "simam_viz.engine.neuron",
 }
 
 
@@ -70,7 +75,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    try:  # `import simam_viz; simam_viz.figures` worked when __init__ imported eagerly
+    try:  # `import simam_viz; simam_viz.rendering.figures` worked when __init__ imported eagerly
         return importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__name__}.{name}":

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, NoReturn
 from simam_viz.errors import SimamVizError
 
 if TYPE_CHECKING:
-    from simam_viz.catalog import CatalogItem
-    from simam_viz.distributed import Shard
-    from simam_viz.registry import RegistryEntry
+    from simam_viz.studies.distributed import Shard
+    from simam_viz.weights.catalog import CatalogItem
+    from simam_viz.weights.registry import RegistryEntry
 
 __all__ = ["COMMANDS", "main"]
 
@@ -53,8 +53,8 @@ def _list_args(p: argparse.ArgumentParser) -> None:
 
 def _identify(path: Path) -> str:
     """Layout, arch, classes and variant of a file, or why it cannot be read (one line)."""
-    from simam_viz.checkpoints import identify_checkpoint  # lazy: torch loads only here
     from simam_viz.errors import CheckpointError
+    from simam_viz.weights.checkpoints import identify_checkpoint  # lazy: torch loads only here
 
     try:
         ident = identify_checkpoint(path)
@@ -70,9 +70,9 @@ def _official_status(entry: RegistryEntry, path: Path) -> str:
     Without a hash (Drive files) a generic candidate name such as ``checkpoint.pth.tar`` could
     be any training checkpoint, so the file's layout must at least give the entry's arch.
     """
-    from simam_viz.checkpoints import identify_checkpoint
     from simam_viz.errors import CheckpointError
-    from simam_viz.registry import verify_file
+    from simam_viz.weights.checkpoints import identify_checkpoint
+    from simam_viz.weights.registry import verify_file
 
     status = verify_file(entry, path)
     if status == "no published hash":
@@ -87,8 +87,8 @@ def _official_status(entry: RegistryEntry, path: Path) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from simam_viz.catalog import available_demo, checkpoint_files
-    from simam_viz.registry import checkpoints_dir, find_present, load_registry
+    from simam_viz.weights.catalog import available_demo, checkpoint_files
+    from simam_viz.weights.registry import checkpoints_dir, find_present, load_registry
 
     folder = Path(args.dir) if args.dir else checkpoints_dir()
     registry = load_registry()
@@ -145,8 +145,8 @@ def _fetch_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from simam_viz.fetch import fetch
-    from simam_viz.registry import checkpoints_dir, load_registry, redistribution_refusal
+    from simam_viz.weights.fetch import fetch
+    from simam_viz.weights.registry import checkpoints_dir, load_registry, redistribution_refusal
 
     registry = load_registry()
     names = list(registry) if args.all else args.names
@@ -182,8 +182,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_models(args: argparse.Namespace) -> list:
-    from simam_viz.catalog import available_demo, load, resolve
     from simam_viz.devices import resolve_device
+    from simam_viz.weights.catalog import available_demo, load, resolve
 
     device = resolve_device(args.device)
     if args.checkpoints:
@@ -196,7 +196,7 @@ def _load_models(args: argparse.Namespace) -> list:
 
 
 def _block_arg(p: argparse.ArgumentParser) -> None:
-    from simam_viz.models import BLOCKS, DEFAULT_BLOCK
+    from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK
 
     p.add_argument("--block", default=DEFAULT_BLOCK,
                    help=f"bottleneck, {BLOCKS[0]} ... {BLOCKS[-1]} (default {DEFAULT_BLOCK})")
@@ -218,7 +218,7 @@ def _only_input(inputs: Sequence[object], path: object, exc: SimamVizError) -> N
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
-    from simam_viz.analysis import model_lock
+    from simam_viz.engine.analysis import model_lock
     from simam_viz.images import load_image
 
     models = _load_models(args)
@@ -251,7 +251,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def _figure_args(p: argparse.ArgumentParser) -> None:
-    from simam_viz.cam_methods import METHODS
+    from simam_viz.engine.cam_methods import METHODS
 
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, help="output folder")
@@ -282,8 +282,8 @@ def _expand(inputs: Sequence[str]) -> list[str]:
 
 
 def _figure(args: argparse.Namespace) -> int:
-    from simam_viz.distributed import sharded
-    from simam_viz.models import validate_block
+    from simam_viz.networks.models import validate_block
+    from simam_viz.studies.distributed import sharded
 
     validate_block(args.block)
     if not 30 <= args.dpi <= 1200:
@@ -303,9 +303,9 @@ def _figure_shard(args: argparse.Namespace, paths: list[str], shard: Shard) -> i
 
     from tqdm import tqdm
 
-    from simam_viz.analysis import resolve_target
-    from simam_viz.export import FIGURES, ExportRequest, analyze_all, slug, write_exports
+    from simam_viz.engine.analysis import resolve_target
     from simam_viz.images import image_sha256, load_image
+    from simam_viz.rendering.export import FIGURES, ExportRequest, analyze_all, slug, write_exports
 
     args.device = shard.device(args.device)
     models = _load_models(args)
@@ -359,8 +359,8 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 
 def _demo_simam() -> CatalogItem:
     """The demo SimAM model, the only default that can answer ``explain``."""
-    from simam_viz.catalog import available_demo
-    from simam_viz.models import ARCHS
+    from simam_viz.networks.models import ARCHS
+    from simam_viz.weights.catalog import available_demo
 
     for item in available_demo():
         if ARCHS[item.arch].attention == "simam":
@@ -388,11 +388,11 @@ def _explanation_json(explanation: dict[str, object]) -> dict[str, object]:
 def _explain(args: argparse.Namespace) -> int:
     import json
 
-    from simam_viz.catalog import load, resolve
     from simam_viz.devices import resolve_device
+    from simam_viz.engine.neuron import explain_neuron
     from simam_viz.images import image_sha256, load_image
-    from simam_viz.models import validate_block
-    from simam_viz.neuron import explain_neuron
+    from simam_viz.networks.models import validate_block
+    from simam_viz.weights.catalog import load, resolve
 
     validate_block(args.block)
     if args.simam_lambda is not None and not args.simam_lambda > 0:
@@ -407,9 +407,9 @@ def _explain(args: argparse.Namespace) -> int:
     result = _explanation_json(explanation)
     print(json.dumps(result, indent=2))
     if args.out:
-        from simam_viz.export import slug
-        from simam_viz.figures import save_png, write_manifest
-        from simam_viz.neuron_figures import explain_panels
+        from simam_viz.rendering.export import slug
+        from simam_viz.rendering.figures import save_png, write_manifest
+        from simam_viz.rendering.neuron_figures import explain_panels
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -441,7 +441,7 @@ def _scenes_args(p: argparse.ArgumentParser) -> None:
 
 
 def _scenes(args: argparse.Namespace) -> int:
-    from simam_viz.scenes import gallery_examples, generate_dataset
+    from simam_viz.studies.scenes import gallery_examples, generate_dataset
 
     counts = {"train": args.train, "val": args.val, "test": args.test}
     if min(counts.values()) < 0 or args.size < 32:
@@ -455,7 +455,7 @@ def _scenes(args: argparse.Namespace) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from simam_viz.models import ARCHS
+    from simam_viz.networks.models import ARCHS
 
     p.add_argument("--data", required=True, help="ImageFolder root with train/ (val/, test/)")
     p.add_argument("--out", required=True, help="where checkpoints are written")
@@ -487,7 +487,7 @@ def _train(args: argparse.Namespace) -> int:
     import os
 
     from simam_viz.devices import resolve_device
-    from simam_viz.training import TrainConfig, train
+    from simam_viz.studies.training import TrainConfig, train
 
     device = resolve_device(args.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -506,7 +506,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    from simam_viz.cam_methods import METHODS
+    from simam_viz.engine.cam_methods import METHODS
 
     p.add_argument("--data", required=True, help="ImageFolder root with masks/ or boxes.json")
     p.add_argument("--split", default="test")
@@ -529,9 +529,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from simam_viz.distributed import sharded
-    from simam_viz.evaluation import evaluate, format_table, write_csv, write_per_image
-    from simam_viz.models import validate_block
+    from simam_viz.networks.models import validate_block
+    from simam_viz.studies.distributed import sharded
+    from simam_viz.studies.evaluation import evaluate, format_table, write_csv, write_per_image
 
     validate_block(args.block)
     if args.limit is not None and args.limit < 1:

@@ -4,7 +4,8 @@ Each failure a user can cause (a broken image, a wrong checkpoint, a bad flag, a
 maps to one of these, each a ``ValueError`` carrying a single short line, so the CLI and the
 app can show the message as-is instead of a traceback. They live together so that a caller
 catches ``SimamVizError`` and knows it has them all; the modules that raise them re-export
-their own (``simam_viz.analysis.AnalysisError`` and so on) so older import paths keep working.
+their own (``simam_viz.engine.analysis.AnalysisError`` and so on) so
+older import paths keep working.
 """
 
 from __future__ import annotations

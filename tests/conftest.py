@@ -15,7 +15,7 @@ import pytest
 from helpers import demo_or_tiny_checkpoints, save_tiny_checkpoints
 from localhttp import local_server, routes_handler
 
-from simam_viz.registry import load_registry
+from simam_viz.weights.registry import load_registry
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -100,7 +100,7 @@ def tiny_app(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh AppTest session of the page on the tiny models, the shared caches emptied."""
     from helpers import run_page
 
-    from simam_viz.service import shared_service
+    from simam_viz.serving.service import shared_service
 
     monkeypatch.setenv("SIMAM_VIZ_CHECKPOINTS", str(tiny_checkpoints))
     for cache in shared_service().caches.values():
@@ -113,7 +113,7 @@ def tiny_app(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture()
 def service_work(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Keys of model work that really ran through the shared service (cache hits do not)."""
-    from simam_viz.service import shared_service
+    from simam_viz.serving.service import shared_service
 
     service = shared_service()
     ran: list[object] = []

@@ -22,8 +22,8 @@ from PIL import Image
 from torch import nn
 
 from simam_viz import build_model, save_checkpoint
-from simam_viz.preprocess import Preprocessing
-from simam_viz.service import AnalysisKey
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.serving.service import AnalysisKey
 
 # ---- paths ----------------------------------------------------------------------------------
 

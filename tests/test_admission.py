@@ -1,4 +1,4 @@
-"""The one admission control and the byte-bounded caches of ``simam_viz.service``.
+"""The one admission control and the byte-bounded caches of ``simam_viz.serving.service``.
 
 A public replica must survive visitors who flood it: optional work (trust checks, exports)
 never holds every slot, one session runs one job at a time, refusals are quick, every cache
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers import noise_image, tiny_model
 
-from simam_viz.analysis import analyze
+from simam_viz.engine.analysis import analyze
 from simam_viz.errors import BusyError
-from simam_viz.service import Admission, ResultCache, Service, nbytes_of
+from simam_viz.serving.service import Admission, ResultCache, Service, nbytes_of
 
 
 class Holder:

@@ -11,8 +11,8 @@ from helpers import hook_count, tiny_model
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from simam_viz import ARCHS, BLOCKS
-from simam_viz.analysis import AnalysisError, analyze
-from simam_viz.cam_methods import METHODS
+from simam_viz.engine.analysis import AnalysisError, analyze
+from simam_viz.engine.cam_methods import METHODS
 
 
 def _model(arch: str = "simam_resnet50", seed: int = 0, width: float = 0.25, classes: int = 10):
@@ -206,7 +206,7 @@ def test_anomaly_detection_and_finite_maps(arch: str) -> None:
 def test_pil_input_uses_model_preprocessing() -> None:
     from PIL import Image
 
-    from simam_viz.preprocess import Preprocessing
+    from simam_viz.networks.preprocess import Preprocessing
 
     model = _model(seed=12)
     model.simam_viz.preprocessing = Preprocessing(resize=80, crop=64)

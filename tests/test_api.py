@@ -8,14 +8,14 @@ from PIL import Image
 
 import simam_viz
 from simam_viz import Analysis, AnalysisError, analyze, build_model
-from simam_viz.models import attention_module
-from simam_viz.preprocess import Preprocessing, imagenet_classes
+from simam_viz.networks.models import attention_module
+from simam_viz.networks.preprocess import Preprocessing, imagenet_classes
 
 IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
 
 
 def test_top_level_names_are_the_submodules_objects() -> None:
-    import simam_viz.analysis as engine
+    import simam_viz.engine.analysis as engine
 
     assert analyze is engine.analyze and Analysis is engine.Analysis
     assert AnalysisError is engine.AnalysisError
@@ -86,8 +86,9 @@ def test_load_model_takes_the_lambda_the_weights_were_trained_with(tmp_path) -> 
 
 def test_the_library_logs_and_never_prints(tmp_path, capsys, caplog) -> None:
     """Loading, analysing and exporting write nothing to stdout/stderr; records go to logs."""
-    from simam_viz import catalog, load_model
-    from simam_viz.export import ExportRequest, analyze_all, write_exports
+    from simam_viz import load_model
+    from simam_viz.rendering.export import ExportRequest, analyze_all, write_exports
+    from simam_viz.weights import catalog
 
     with caplog.at_level("DEBUG", logger="simam_viz"):
         items = catalog.available_demo()
@@ -97,19 +98,20 @@ def test_the_library_logs_and_never_prints(tmp_path, capsys, caplog) -> None:
                               tmp_path, "x", "0" * 64)
     assert capsys.readouterr() == ("", "")
     messages = [(r.name, r.getMessage()) for r in caplog.records]
-    assert ("simam_viz.checkpoints",
+    assert ("simam_viz.weights.checkpoints",
             f"loaded {items[0].path}: resnet50, layout simam_viz, 12 classes, ResNet v1.5, "
             "on cpu") in messages
-    assert ("simam_viz.export", f"wrote {len(files)} files for x to {tmp_path}") in messages
-    assert any(name == "simam_viz.analysis"
+    wrote = f"wrote {len(files)} files for x to {tmp_path}"
+    assert ("simam_viz.rendering.export", wrote) in messages
+    assert any(name == "simam_viz.engine.analysis"
                and text.startswith("analysed resnet50.safetensors: gradcam")
                for name, text in messages)
 
 
 def test_trust_and_neuron_functions_at_the_top_level() -> None:
-    import simam_viz.neuron
-    import simam_viz.trust
+    import simam_viz.engine.neuron
+    import simam_viz.engine.trust
 
-    assert simam_viz.faithfulness is simam_viz.trust.faithfulness
-    assert simam_viz.sanity_check is simam_viz.trust.sanity_check
-    assert simam_viz.explain_neuron is simam_viz.neuron.explain_neuron
+    assert simam_viz.faithfulness is simam_viz.engine.trust.faithfulness
+    assert simam_viz.sanity_check is simam_viz.engine.trust.sanity_check
+    assert simam_viz.explain_neuron is simam_viz.engine.neuron.explain_neuron

@@ -21,9 +21,9 @@ from helpers import (
 )
 
 from simam_viz import save_checkpoint
-from simam_viz.analysis import analyze
+from simam_viz.engine.analysis import analyze
 from simam_viz.errors import SimamVizError
-from simam_viz.service import (
+from simam_viz.serving.service import (
     BusyError,
     ModelCache,
     Service,
@@ -308,8 +308,8 @@ def test_model_cache_loads_each_key_once_and_is_bounded() -> None:
 
 
 def test_unfamiliar_image_note() -> None:
-    from simam_viz.analysis import Prediction
-    from simam_viz.guidance import unfamiliar_image_note
+    from simam_viz.engine.analysis import Prediction
+    from simam_viz.serving.guidance import unfamiliar_image_note
 
     def result(name: str, p: float):
         return type("R", (), {"predictions": [Prediction(0, name, p)]})()

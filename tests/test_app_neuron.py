@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from simam_viz import load_model
+from simam_viz.engine.neuron import explain_neuron
 from simam_viz.images import load_image
-from simam_viz.neuron import explain_neuron
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "app" / "examples" / "scene_dog_3.png"
 

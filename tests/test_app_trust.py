@@ -1,4 +1,5 @@
-"""The Trust view (AppTest) and the pictures it draws and exports (``simam_viz.trust_figures``).
+"""The Trust view (AppTest) and the pictures it draws and exports
+(``simam_viz.rendering.trust_figures``).
 
 The view's numbers must be exactly those of ``faithfulness`` and ``sanity_check`` called
 directly on the same model, image, target and lambda; the check runs only on request, once
@@ -15,9 +16,10 @@ import numpy as np
 import pytest
 from helpers import run_page
 
-from simam_viz import load_model, trust_figures
+from simam_viz import load_model
+from simam_viz.engine.trust import SANITY_LAYERS, SCORES, faithfulness, sanity_check
 from simam_viz.images import load_image
-from simam_viz.trust import SANITY_LAYERS, SCORES, faithfulness, sanity_check
+from simam_viz.rendering import trust_figures
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "app" / "examples" / "scene_dog_3.png"
 
@@ -78,7 +80,7 @@ def test_trust_view_checks_on_request_with_the_engines_numbers(tiny_app, service
 
 
 def _probabilities(model, image, lam) -> np.ndarray:
-    from simam_viz.analysis import analyze
+    from simam_viz.engine.analysis import analyze
 
     return analyze(model, image, blocks=("layer4.2",), simam_lambda=lam).probabilities
 

@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import minimize
 
 from simam_viz import SimAM
-from simam_viz.attention import CBAM, ECA, SE
+from simam_viz.networks.attention import CBAM, ECA, SE
 
 
 def simam_numpy(x: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ from apphost import (
 from helpers import DEFAULT_EXAMPLE
 from PIL import Image, ImageOps
 
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.preprocess import Preprocessing
 
 playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),

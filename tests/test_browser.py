@@ -30,7 +30,7 @@ from apphost import (
 from helpers import DEFAULT_EXAMPLE
 from PIL import Image
 
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.preprocess import Preprocessing
 
 SHOTS = ROOT / "docs" / "screenshots"
 playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")

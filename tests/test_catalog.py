@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import registry_entry
 
-from simam_viz import catalog
-from simam_viz.checkpoints import CheckpointIdentity
 from simam_viz.errors import CheckpointError
-from simam_viz.registry import load_registry
+from simam_viz.weights import catalog
+from simam_viz.weights.checkpoints import CheckpointIdentity
+from simam_viz.weights.registry import load_registry
 
 GOOD = b"the published weights" * 1000
 
@@ -163,7 +163,7 @@ def test_identity_cache_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_app_and_cli_list_the_same_files_and_skip_dot_folders(tmp_path: Path) -> None:
     """One walk for both: a checkpoint under a dot-folder (.git, a fetch's temp) is not offered."""
-    from simam_viz.catalog import checkpoint_files
+    from simam_viz.weights.catalog import checkpoint_files
 
     (tmp_path / ".cache").mkdir()
     (tmp_path / ".cache" / "hidden.pth").write_bytes(b"x")

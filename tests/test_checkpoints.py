@@ -14,8 +14,8 @@ from helpers import one_line
 from safetensors.torch import save_file
 
 from simam_viz import CheckpointError, build_model, identify_checkpoint, load_model, save_checkpoint
-from simam_viz.checkpoints import file_sha256
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.weights.checkpoints import file_sha256
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

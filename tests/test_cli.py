@@ -20,10 +20,11 @@ import torch
 from helpers import registry_entry
 from localhttp import closed_port
 
-from simam_viz import cli, registry
-from simam_viz.checkpoints import save_checkpoint
-from simam_viz.models import build_model
-from simam_viz.preprocess import Preprocessing
+from simam_viz import cli
+from simam_viz.networks.models import build_model
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.weights import registry
+from simam_viz.weights.checkpoints import save_checkpoint
 
 PAYLOAD = b"weights" * 100_000
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -145,7 +146,7 @@ def test_fetch_redistributable_only(folder: Path, monkeypatch: pytest.MonkeyPatc
     assert not folder.exists()  # refused before any download
     # with --all the closed ones are left out and the rest are fetched (recorded, not fetched)
     asked: list[str] = []
-    monkeypatch.setattr("simam_viz.fetch.fetch",
+    monkeypatch.setattr("simam_viz.weights.fetch.fetch",
                         lambda entry, where, progress: asked.append(entry.name) or where)
     assert cli.main(["fetch", "--all", "--redistributable-only", "--quiet"]) == 0
     assert asked == ["tiny", "tiny-404", "drive-eca"]

@@ -15,10 +15,10 @@ import torch
 from helpers import CHECKPOINTS_DIR, DEFAULT_EXAMPLE, DEMO_DIR, image_size
 
 from simam_viz import cli
-from simam_viz.checkpoints import load_model
+from simam_viz.engine.neuron import explain_neuron
 from simam_viz.images import load_image
-from simam_viz.neuron import explain_neuron
-from simam_viz.neuron_figures import HEADER, PANEL_H, PANEL_W
+from simam_viz.rendering.neuron_figures import HEADER, PANEL_H, PANEL_W
+from simam_viz.weights.checkpoints import load_model
 
 DEMO = DEMO_DIR
 IMAGE = DEFAULT_EXAMPLE

@@ -12,8 +12,8 @@ from helpers import image_size, save_tiny_checkpoints
 from PIL import Image
 
 from simam_viz import cli
-from simam_viz.figures import CBAR, LABEL, PANEL, TOP
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.rendering.figures import CBAR, LABEL, PANEL, TOP
 
 CLASSES = ["cat", "dog", "car"]
 

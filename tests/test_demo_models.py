@@ -8,11 +8,11 @@ import torch
 from helpers import DEMO_ARCHS, DEMO_DIR
 
 from simam_viz import load_model
-from simam_viz.analysis import analyze
-from simam_viz.checkpoints import file_sha256
-from simam_viz.evaluation import _mask_in_frame
-from simam_viz.localization import pointing_game
-from simam_viz.scenes import CLASS_NAMES, FONT_PATH, SceneGenerator
+from simam_viz.engine.analysis import analyze
+from simam_viz.studies.evaluation import _mask_in_frame
+from simam_viz.studies.localization import pointing_game
+from simam_viz.studies.scenes import CLASS_NAMES, FONT_PATH, SceneGenerator
+from simam_viz.weights.checkpoints import file_sha256
 
 
 def _sums() -> dict[str, str]:

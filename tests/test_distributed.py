@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, SQUARE_COLOURS, save_tiny_checkpoints, squares_dataset
 
-from simam_viz.distributed import Shard
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.studies.distributed import Shard
 
 EXAMPLES = ROOT / "app" / "examples"
 

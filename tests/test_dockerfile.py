@@ -127,7 +127,8 @@ def test_torch_index_and_fetch_are_build_arguments() -> None:
 
 
 def test_build_context_holds_the_app_and_no_stray_weights() -> None:
-    for rel in ("requirements.txt", "simam_viz/analysis.py", "app/streamlit_app.py", "app/serve.py",
+    for rel in ("requirements.txt", "simam_viz/engine/analysis.py", "app/streamlit_app.py",
+                "app/serve.py",
                 ".streamlit/config.toml", "checkpoints/registry.json",
                 "checkpoints/demo/simam_resnet50.safetensors"):
         assert _context_includes(rel), rel

@@ -16,7 +16,9 @@ from PIL import Image
 from scipy.stats import bootstrap
 
 from simam_viz import cli, load_model
-from simam_viz.evaluation import (
+from simam_viz.engine.trust import SANITY_LAYERS, faithfulness, sanity_check
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.studies.evaluation import (
     FAITHFULNESS_FIELDS,
     FIELDS,
     SANITY_FIELDS,
@@ -25,8 +27,6 @@ from simam_viz.evaluation import (
     format_table,
     write_csv,
 )
-from simam_viz.preprocess import Preprocessing
-from simam_viz.trust import SANITY_LAYERS, faithfulness, sanity_check
 
 # pytorch-grad-cam's ROAD calls np.float32 on a torch tensor, which numpy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning")

@@ -19,11 +19,8 @@ from skimage.feature import hog
 from skimage.metrics import structural_similarity
 from torchvision.transforms.functional import gaussian_blur
 
-from simam_viz.analysis import analyze
-from simam_viz.checkpoints import load_model
-from simam_viz.errors import AnalysisError
-from simam_viz.models import build_model
-from simam_viz.trust import (
+from simam_viz.engine.analysis import analyze
+from simam_viz.engine.trust import (
     SANITY_LAYERS,
     SANITY_SCORES,
     SCORES,
@@ -31,6 +28,9 @@ from simam_viz.trust import (
     faithfulness,
     sanity_check,
 )
+from simam_viz.errors import AnalysisError
+from simam_viz.networks.models import build_model
+from simam_viz.weights.checkpoints import load_model
 
 DEMO = DEMO_DIR
 DOG = DEFAULT_EXAMPLE
@@ -298,7 +298,7 @@ def test_caller_model_and_global_rng_are_untouched() -> None:
 def test_lambda_override_applies_to_every_pass_and_is_undone() -> None:
     """``simam_lambda`` is the analysis's lambda for every forward pass of both checks (the
     app checks the map it shows, at the sidebar's lambda), and the model keeps its own."""
-    from simam_viz.attention import SimAM
+    from simam_viz.networks.attention import SimAM
 
     model = _toy(3, "simam_resnet50")
     x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))

@@ -18,7 +18,8 @@ checks go further: every module's hook count back to its baseline, ``requires_gr
 train/eval mode, SimAM's lambda, BatchNorm statistics and the module tree unchanged, the model
 lock and service slot released, the next analysis bit-identical to one from a model that never
 saw the fault, and the page's own behaviour through ``streamlit.testing.v1.AppTest`` (sessions
-in one process share the process-wide model and result caches of ``simam_viz.service``, like a
+in one process share the process-wide model and result caches of
+``simam_viz.serving.service``, like a
 real server's sessions; each test starts with them empty).
 The restart (d) needs a real browser and server; it is skipped without chromium/playwright.
 
@@ -57,16 +58,17 @@ from helpers import (
 from PIL import Image
 from torch import nn
 
-import simam_viz.analysis as analysis_module
-import simam_viz.service as service_module
-from simam_viz import catalog, save_checkpoint
-from simam_viz.analysis import Analysis, analyze, model_lock
-from simam_viz.attention import SimAM
-from simam_viz.checkpoints import file_sha256, load_model
+import simam_viz.engine.analysis as analysis_module
+import simam_viz.serving.service as service_module
+from simam_viz import save_checkpoint
+from simam_viz.engine.analysis import Analysis, analyze, model_lock
 from simam_viz.images import load_image
-from simam_viz.models import attention_module
-from simam_viz.preprocess import Preprocessing
-from simam_viz.service import AnalysisKey, Service, ServiceError
+from simam_viz.networks.attention import SimAM
+from simam_viz.networks.models import attention_module
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.serving.service import AnalysisKey, Service, ServiceError
+from simam_viz.weights import catalog
+from simam_viz.weights.checkpoints import file_sha256, load_model
 
 PREP = TINY_PREP
 DEMO_NAMES = ["ResNet-50 demo", "SE-ResNet-50 demo", "SimAM-ResNet-50 demo"]
@@ -325,7 +327,8 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _clear_app_caches() -> None:
     """Forget everything a previous test loaded or computed: the catalog (``st.cache_data``),
     the page's file versions (``st.cache_resource``) and the process-wide ``ModelCache`` and
-    ``Service`` (result cache) of ``simam_viz.service``, which Streamlit's clear() leaves."""
+    ``Service`` (result cache) of ``simam_viz.serving.service``, which Streamlit's clear()
+    leaves."""
     st.cache_resource.clear()
     st.cache_data.clear()
     with service_module._SHARED_LOCK:

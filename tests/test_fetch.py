@@ -26,16 +26,16 @@ import pytest
 from helpers import file_names, one_line
 from localhttp import QuietHandler, closed_port, local_server
 
-from simam_viz import fetch as fetch_module
 from simam_viz.errors import FetchError, SimamVizError
-from simam_viz.fetch import (
+from simam_viz.weights import fetch as fetch_module
+from simam_viz.weights.fetch import (
     _pick_resnet50,
     fetch,
     fetch_enabled,
     manual_instructions,
     max_download_bytes,
 )
-from simam_viz.registry import (
+from simam_viz.weights.registry import (
     REGISTRY_PATH,
     checkpoints_dir,
     find_present,

@@ -18,8 +18,8 @@ import pytest
 from helpers import APP_DIR, file_names, registry_entry
 from localhttp import closed_port
 
-from simam_viz import fetch as fetch_module
 from simam_viz.errors import BusyError
+from simam_viz.weights import fetch as fetch_module
 
 PAYLOAD = bytes(range(256)) * (3 * 4096)  # 3 MiB: several chunks, so progress is reported
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -203,7 +203,7 @@ def test_busy_server_is_one_line_and_not_a_failure(
 ) -> None:
     """A fetch takes one of the server's admission slots; none free is "busy, retry", and
     the next click downloads (a busy server is not the upstream's failure: no cooldown)."""
-    from simam_viz.service import shared_service
+    from simam_viz.serving.service import shared_service
 
     asked: list[tuple[str, object]] = []
 

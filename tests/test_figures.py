@@ -14,8 +14,8 @@ import pytest
 from helpers import image_size
 from PIL import Image
 
-from simam_viz import figures
-from simam_viz.figures import (
+from simam_viz.rendering import figures
+from simam_viz.rendering.figures import (
     CBAR,
     FIGURE6_TITLES,
     LABEL,
@@ -365,7 +365,7 @@ def test_jpeg_bytes_is_a_close_jpeg_of_the_picture() -> None:
 
 
 def test_channel_maps_tiles_the_top_channels_with_their_ids() -> None:
-    from simam_viz import charts
+    from simam_viz.rendering import charts
 
     rng = np.random.default_rng(1)
     weights = rng.random((6, 5, 4)).astype(np.float32)

@@ -8,8 +8,8 @@ import torch
 from helpers import DEMO_ARCHS
 
 from simam_viz import build_model
-from simam_viz.analysis import analyze
 from simam_viz.devices import DeviceError, prepare_model, resolve_device
+from simam_viz.engine.analysis import analyze
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

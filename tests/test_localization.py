@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simam_viz.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
+from simam_viz.studies.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
 
 
 def test_hand_built_values() -> None:

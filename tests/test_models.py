@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 from simam_viz import ARCHS, BLOCKS, SimAM, build_model
-from simam_viz.attention import CBAM, ECA, SE
-from simam_viz.models import attention_module, count_parameters
+from simam_viz.networks.attention import CBAM, ECA, SE
+from simam_viz.networks.models import attention_module, count_parameters
 
 
 def test_plain_resnet50_is_torchvision() -> None:

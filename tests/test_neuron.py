@@ -3,7 +3,7 @@
 The demo SimAM model (width 0.25, layer4 dilated: an 11x11 grid at layer4.2 for the 161-pixel
 crop) sees a bundled example scene. Every expected number here comes from the paper's
 equations written out again in this file, from a SciPy minimisation of Eqn (2), or from
-``analyze``'s own recording, never from ``simam_viz.neuron`` itself.
+``analyze``'s own recording, never from ``simam_viz.engine.neuron`` itself.
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import torch
 from helpers import DEFAULT_EXAMPLE, DEMO_DIR
 from scipy.optimize import minimize
 
-from simam_viz.analysis import analyze
-from simam_viz.checkpoints import load_model
-from simam_viz.errors import AnalysisError
-from simam_viz.images import load_image
-from simam_viz.neuron import (
+from simam_viz.engine.analysis import analyze
+from simam_viz.engine.neuron import (
     energy_curve,
     explain_from_arrays,
     explain_neuron,
@@ -27,6 +24,9 @@ from simam_viz.neuron import (
     solve_eq2,
     weight_curve,
 )
+from simam_viz.errors import AnalysisError
+from simam_viz.images import load_image
+from simam_viz.weights.checkpoints import load_model
 
 DEMO = DEMO_DIR
 BLOCK = "layer4.2"

@@ -14,9 +14,9 @@ import pytest
 from helpers import image_size
 from matplotlib.figure import Figure
 
-from simam_viz.figures import figure_to_png, png_size
-from simam_viz.neuron import explain_from_arrays, weight_curve
-from simam_viz.neuron_charts import (
+from simam_viz.engine.neuron import explain_from_arrays, weight_curve
+from simam_viz.rendering.figures import figure_to_png, png_size
+from simam_viz.rendering.neuron_charts import (
     CURVE_POINTS,
     MAX_SIDE_3D,
     channel_map,
@@ -26,7 +26,7 @@ from simam_viz.neuron_charts import (
     weights_3d,
     weights_3d_data,
 )
-from simam_viz.neuron_figures import (
+from simam_viz.rendering.neuron_figures import (
     HEADER,
     PANEL_H,
     PANEL_W,

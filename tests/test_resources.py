@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simam_viz import catalog, cli, registry, resources
+from simam_viz import cli, resources
+from simam_viz.weights import catalog, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from simam_viz.errors import SimamVizError
-from simam_viz.scenes import (
+from simam_viz.studies.scenes import (
     CLASS_NAMES,
     CLASSES,
     FONT_PATH,

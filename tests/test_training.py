@@ -17,8 +17,8 @@ from PIL import Image
 
 from simam_viz import cli, load_model
 from simam_viz.errors import SimamVizError
-from simam_viz.models import build_model
-from simam_viz.training import TrainConfig, train
+from simam_viz.networks.models import build_model
+from simam_viz.studies.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_resume_continues_from_the_saved_epoch(tiny_data: Path, tmp_path: Path) 
 
 def test_test_size_is_the_checkpoints_inference_resolution(tiny_data: Path, tmp_path: Path):
     """Train at 48 px, record 64 px: users of the checkpoint then preprocess at 64 px."""
-    from simam_viz.training import _datasets
+    from simam_viz.studies.training import _datasets
 
     cfg = _cfg(tiny_data, tmp_path, test_size=64, max_steps=1)
     train_set, evals = _datasets(cfg)
@@ -145,7 +145,7 @@ def test_zero_init_residual_makes_every_block_start_as_its_shortcut(arch: str) -
 RANK_SCRIPT = """
 import hashlib, os, sys, torch
 import torch.distributed as dist
-from simam_viz.training import TrainConfig, train, _train_one, _datasets, _dist
+from simam_viz.studies.training import TrainConfig, train, _train_one, _datasets, _dist
 cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], archs=("se_resnet50",), width=0.125,
                   size=48, epochs=1, batch_size=4, max_steps=2, progress=False)
 rank, world = _dist()

@@ -1,7 +1,7 @@
 """Interactive plotly charts that explain one SimAM neuron (pure functions of arrays).
 
-The app's "Explain SimAM" view draws these from what :mod:`simam_viz.neuron` computed; the
-matplotlib panels of :mod:`simam_viz.neuron_figures` draw the same data (the ``*_data``
+The app's "Explain SimAM" view draws these from what :mod:`simam_viz.engine.neuron` computed; the
+matplotlib panels of :mod:`simam_viz.rendering.neuron_figures` draw the same data (the ``*_data``
 helpers below), so the exported PNG and the screen cannot disagree. Nothing here runs a
 model, so moving a lambda slider or clicking another neuron only redraws.
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from simam_viz.neuron import weight_curve
+from simam_viz.engine.neuron import weight_curve
 
 __all__ = [
     "CURVE_POINTS",
@@ -61,7 +61,7 @@ _TARGET = "#d62728"
 _OTHERS = "#1f77b4"
 
 
-# --- validation (one line each, like simam_viz.figures) -----------------------------------
+# --- validation (one line each, like simam_viz.rendering.figures) ---------------------------
 
 
 def _array(values: Any, name: str, ndim: int | None = None) -> np.ndarray:
@@ -163,7 +163,7 @@ def neuron_from_selection(selection: Any, shape: tuple[int, int]) -> tuple[int, 
 
 
 def line_data(explanation: Mapping[str, Any]) -> dict[str, Any]:
-    """What the separating-line charts draw, from an :func:`~simam_viz.neuron.explain_neuron`
+    """What the separating-line charts draw, from an :func:`~simam_viz.engine.neuron.explain_neuron`
     mapping: the others' values, the target, and the line ``w x + b`` sampled at its ends,
     its zero crossing (``threshold``, NaN when there is none on the chart) and ``t`` (so the
     chart holds ``w t + b`` exactly).
@@ -287,7 +287,7 @@ def weight_curve_chart(
     """SimAM's weight as a function of a neuron's value, for this channel and ``lam``.
 
     ``weight(t) = sigmoid((t - mean)^2 / (4 (variance + lam)) + 1/2)``
-    (:func:`simam_viz.neuron.weight_curve`, the module's own expression) with the channel's
+    (:func:`simam_viz.engine.neuron.weight_curve`, the module's own expression) with the channel's
     ``mean`` and ``variance`` held fixed, over a histogram of the channel's ``values`` (right
     axis, counts) and the chosen neuron ``t`` marked. Cheap (a few hundred points, no model),
     so a lambda slider can redraw it; with ``lam_model`` (the model's lambda) different from

@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from simam_viz.checkpoints import file_sha256, load_model, save_checkpoint
 from simam_viz.errors import SimamVizError
-from simam_viz.models import ARCHS, build_model
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.models import ARCHS, build_model
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.weights.checkpoints import file_sha256, load_model, save_checkpoint
 
 __all__ = ["TrainConfig", "evaluate_accuracy", "train"]
 

@@ -19,11 +19,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from simam_viz.checkpoints import CheckpointIdentity, file_sha256, identify_checkpoint
 from simam_viz.errors import CheckpointError
-from simam_viz.models import ARCHS
-from simam_viz.preprocess import Preprocessing
-from simam_viz.registry import (
+from simam_viz.networks.models import ARCHS
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.resources import bundled_checkpoints
+from simam_viz.weights.checkpoints import CheckpointIdentity, file_sha256, identify_checkpoint
+from simam_viz.weights.registry import (
     CHECKPOINT_SUFFIXES,
     RegistryEntry,
     checkpoints_dir,
@@ -31,7 +32,6 @@ from simam_viz.registry import (
     hash_matches,
     load_registry,
 )
-from simam_viz.resources import bundled_checkpoints
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -301,7 +301,7 @@ def file_version(path: str | Path) -> tuple[int, ...]:
 
 def load(item: CatalogItem, device: str = "cpu"):
     """Load a catalog item with the preprocessing its registry entry records."""
-    from simam_viz.checkpoints import load_model
+    from simam_viz.weights.checkpoints import load_model
 
     return load_model(
         item.path, device=device, preprocessing=item.preprocessing, name=item.short_name,

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from simam_viz.attention import SimAM
-from simam_viz.cam_methods import METHODS, compute_cam
+from simam_viz.engine.cam_methods import METHODS, compute_cam
 from simam_viz.errors import AnalysisError
-from simam_viz.models import (
+from simam_viz.networks.attention import SimAM
+from simam_viz.networks.models import (
     ARCHS,
     BLOCKS,
     DEFAULT_BLOCK,
@@ -34,7 +34,7 @@ from simam_viz.models import (
     model_info,
     validate_block,
 )
-from simam_viz.taps import Recorder, taps_for_block
+from simam_viz.networks.taps import Recorder, taps_for_block
 
 __all__ = ["Analysis", "AnalysisError", "Prediction", "analyze", "model_lock", "resolve_target"]
 

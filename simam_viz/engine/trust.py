@@ -1,7 +1,8 @@
 """How far to trust a map: faithfulness scores and the model-randomization sanity check.
 
 A saliency map can look plausible and still say little about the model. Two kinds of check
-answer that, and this module gives both for exactly the map :func:`~simam_viz.analysis.analyze`
+answer that, and this module gives both for exactly the map
+:func:`~simam_viz.engine.analysis.analyze`
 shows for a (block, where, method) and a target class:
 
 * :func:`faithfulness` perturbs the input where the map points and watches the target's
@@ -39,10 +40,10 @@ from skimage.metrics import structural_similarity
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from simam_viz.analysis import Analysis, _analysis_state, _prepare_input, analyze, model_lock
+from simam_viz.engine.analysis import Analysis, _analysis_state, _prepare_input, analyze, model_lock
 from simam_viz.errors import AnalysisError
-from simam_viz.models import BLOCKS, DEFAULT_BLOCK, model_info
-from simam_viz.taps import taps_for_block
+from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK, model_info
+from simam_viz.networks.taps import taps_for_block
 
 __all__ = [
     "RISE_STEPS",

@@ -7,8 +7,8 @@ scored at the block output and before/after SimAM, the paper's claim being that 
 refinement focuses the features on the object.
 
 With ``faithfulness=True`` / ``sanity=True`` every one of those maps (before/after the
-attention module included) is also scored by :func:`simam_viz.trust.faithfulness` and
-:func:`simam_viz.trust.sanity_check`, called exactly as a user would call them on the image,
+attention module included) is also scored by :func:`simam_viz.engine.trust.faithfulness` and
+:func:`simam_viz.engine.trust.sanity_check`, called exactly as a user would call them on the image,
 with the same target (the label): the columns are means of what those functions return. A
 mean over a few hundred synthetic scenes is not a certainty, so each such column comes with a
 95 % percentile-bootstrap interval (``<column>_lo``, ``<column>_hi``) and each row keeps its
@@ -34,14 +34,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tf
 from tqdm import tqdm
 
-from simam_viz import trust
-from simam_viz.analysis import analyze
-from simam_viz.distributed import Shard
+from simam_viz.engine import trust
+from simam_viz.engine.analysis import analyze
 from simam_viz.errors import SimamVizError
 from simam_viz.images import load_image
-from simam_viz.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
-from simam_viz.models import DEFAULT_BLOCK
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.models import DEFAULT_BLOCK
+from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.studies.distributed import Shard
+from simam_viz.studies.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "FAITHFULNESS_FIELDS", "SANITY_FIELDS", "Sample",
            "bootstrap_interval", "evaluate", "format_table", "load_samples", "write_csv",
@@ -54,7 +54,7 @@ FIELDS = ("model", "arch", "method", "block", "where", "images", "top1", "pointi
 
 FAITHFULNESS_FIELDS: tuple[str, ...] = tuple(trust.SCORES)
 """Columns added by ``faithfulness=True``: the mean over images of each score of
-:func:`simam_viz.trust.faithfulness` (probabilities and areas in [0, 1], not percentages)."""
+:func:`simam_viz.engine.trust.faithfulness` (probabilities and areas in [0, 1], not percentages)."""
 
 _FIRST, _LAST = trust.SANITY_LAYERS[0], trust.SANITY_LAYERS[-1]  # fc, stem
 SANITY_FIELDS: tuple[str, ...] = (
@@ -63,7 +63,7 @@ SANITY_FIELDS: tuple[str, ...] = (
     "mean_abs_spearman",
     "flat",
 )
-"""Columns added by ``sanity=True``, from :func:`simam_viz.trust.sanity_check`'s cascade.
+"""Columns added by ``sanity=True``, from :func:`simam_viz.engine.trust.sanity_check`'s cascade.
 
 ``spearman_fc``, ``ssim_fc``, ``hog_fc``: similarity to the trained model's map once only the
 classifier is re-initialised, the step that tests whether the map depends on the class
@@ -244,7 +244,7 @@ def evaluate(
     Spearman, SSIM and HOG similarity of every image at every step (``layers``), for curves.
     Neither is a CSV column (:func:`write_per_image` writes them as JSON).
 
-    ``shard`` (under torchrun, :func:`simam_viz.distributed.sharded`) scores only this
+    ``shard`` (under torchrun, :func:`simam_viz.studies.distributed.sharded`) scores only this
     process's share of the images; the per-image values of all ranks are then gathered and
     put back in the images' order before any mean or bootstrap, so every rank returns the
     same rows as one process would.

@@ -25,10 +25,12 @@ of those arrays (clicking another neuron needs no new forward pass); :func:`expl
 the two together. :func:`energy_curve`, :func:`weight_curve` and :func:`separating_line` are
 vectorised formulas the app can evaluate when only a lambda slider moves.
 
-Note for callers holding an :class:`~simam_viz.analysis.Analysis`: it keeps SimAM's 3-D weights
+Note for callers holding an :class:`~simam_viz.engine.analysis.Analysis`: it keeps SimAM's 3-D
+weights
 (``attention(block)``) but not the SimAM input, and ``t`` cannot be recovered from a weight (the
 weight depends on ``(t - mean)^2`` only), so a neuron's ``t`` needs :func:`record_simam`. The
-``before`` tap of ``simam_viz.taps`` (the output of ``conv2[0]``) is exactly the SimAM input.
+``before`` tap of ``simam_viz.networks.taps`` (the output of ``conv2[0]``) is exactly the SimAM
+input.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from simam_viz.analysis import _analysis_state, _prepare_input, model_lock
-from simam_viz.attention import SimAM
+from simam_viz.engine.analysis import _analysis_state, _prepare_input, model_lock
 from simam_viz.errors import AnalysisError
-from simam_viz.models import BLOCKS, DEFAULT_BLOCK, attention_module, model_info
+from simam_viz.networks.attention import SimAM
+from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK, attention_module, model_info
 
 __all__ = [
     "SimAMRecord",
@@ -303,7 +305,7 @@ def record_simam(
     """One forward pass recording the SimAM input and weights of ``block`` (no backward).
 
     Runs under the model's lock in eval mode without gradients. ``simam_lambda`` replaces the
-    lambda of every SimAM module for this pass only, as :func:`~simam_viz.analysis.analyze`
+    lambda of every SimAM module for this pass only, as :func:`~simam_viz.engine.analysis.analyze`
     does, so the block's input (and ``t``) changes with it and the weights stay comparable
     with ``analyze(..., simam_lambda=...)``; for lambda's effect on fixed inputs use
     :func:`explain_from_arrays` or :func:`weight_curve`. Training flags, ``requires_grad``,

@@ -328,7 +328,7 @@ class SceneGenerator:
     def meta(self, counts: dict[str, int]) -> dict[str, Any]:
         """What ``meta.json`` records: enough to regenerate the dataset and to cite the glyphs."""
         return {
-            "generator": "simam_viz.scenes",
+            "generator": "simam_viz.studies.scenes",
             "version": GENERATOR_VERSION,
             "seed": self.seed,
             "size": self.size,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from simam_viz.analysis import Analysis
+from simam_viz.engine.analysis import Analysis
 
 __all__ = ["UNFAMILIAR_TOP1", "unfamiliar_image_note"]
 

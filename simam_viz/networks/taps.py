@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from simam_viz.attention import CBAM, ECA, SE, SimAM
-from simam_viz.models import attention_module
+from simam_viz.networks.attention import CBAM, ECA, SE, SimAM
+from simam_viz.networks.models import attention_module
 
 __all__ = ["Recorder", "Tap", "channel_gate", "taps_for_block"]
 

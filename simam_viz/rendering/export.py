@@ -18,9 +18,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
 
-from simam_viz import figures
-from simam_viz.analysis import Analysis, analyze
-from simam_viz.models import BLOCKS, DEFAULT_BLOCK
+from simam_viz.engine.analysis import Analysis, analyze
+from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK
+from simam_viz.rendering import figures
 
 __all__ = ["FIGURES", "ExportRequest", "analyze_all", "render", "write_exports"]
 

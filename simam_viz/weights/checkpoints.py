@@ -26,8 +26,8 @@ from torch import nn
 
 from simam_viz.devices import prepare_model
 from simam_viz.errors import CheckpointError
-from simam_viz.models import ARCHS, STAGE_BLOCKS, ModelInfo, build_model
-from simam_viz.preprocess import Preprocessing, imagenet_classes
+from simam_viz.networks.models import ARCHS, STAGE_BLOCKS, ModelInfo, build_model
+from simam_viz.networks.preprocess import Preprocessing, imagenet_classes
 
 __all__ = [
     "CheckpointIdentity",
@@ -318,7 +318,8 @@ def load_model(
     """Load any supported checkpoint into the matching architecture, in eval mode.
 
     The returned model maps ImageNet-normalised NCHW input to logits and carries a
-    :class:`~simam_viz.models.ModelInfo` as ``model.simam_viz`` (class names, preprocessing,
+    :class:`~simam_viz.networks.models.ModelInfo` as ``model.simam_viz`` (class names,
+    preprocessing,
     layout, sha256). ``num_classes``, when given, is the class count the caller expects.
     ``simam_lambda``, when given, is the lambda the weights were trained with (an official
     file has no sidecar to say so; the registry does); else the sidecar's, else 0.1.

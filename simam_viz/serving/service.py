@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from simam_viz.analysis import Analysis, analyze
+from simam_viz.engine.analysis import Analysis, analyze
 from simam_viz.errors import BusyError, ServiceError, SimamVizError
 
 __all__ = [

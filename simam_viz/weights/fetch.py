@@ -45,9 +45,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from simam_viz.checkpoints import readable_by_all
 from simam_viz.errors import FetchError, SimamVizError
-from simam_viz.registry import (
+from simam_viz.weights.checkpoints import readable_by_all
+from simam_viz.weights.registry import (
     CHECKPOINT_SUFFIXES,
     RegistryEntry,
     find_present,

@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from simam_viz.attention import CBAM, ECA, SE, SimAM
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.attention import CBAM, ECA, SE, SimAM
+from simam_viz.networks.preprocess import Preprocessing
 
 __all__ = [
     "ARCHS",
@@ -267,7 +267,7 @@ def default_class_names(num_classes: int) -> list[str]:
     without a checkpoint; loading a checkpoint replaces these with its own names.
     """
     if num_classes == 1000:
-        from simam_viz.preprocess import imagenet_classes
+        from simam_viz.networks.preprocess import imagenet_classes
 
         return list(imagenet_classes())
     return [f"class {i}" for i in range(num_classes)]

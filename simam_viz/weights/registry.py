@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simam_viz.checkpoints import file_sha256
 from simam_viz.errors import SimamVizError
-from simam_viz.models import ARCHS
-from simam_viz.preprocess import Preprocessing
+from simam_viz.networks.models import ARCHS
+from simam_viz.networks.preprocess import Preprocessing
 from simam_viz.resources import bundled_checkpoints, is_source_checkout, user_checkpoints_dir
+from simam_viz.weights.checkpoints import file_sha256
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",

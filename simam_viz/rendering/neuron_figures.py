@@ -1,6 +1,7 @@
 """Matplotlib panels that explain one SimAM neuron, for export (PNG) rather than the screen.
 
-The same three views as the app's plotly charts (:mod:`simam_viz.neuron_charts`), drawn from
+The same three views as the app's plotly charts (:mod:`simam_viz.rendering.neuron_charts`),
+drawn from
 the same data helpers so an exported figure matches what was on screen:
 
 * :func:`channel_map_figure`: the channel's map with the neuron outlined;
@@ -11,13 +12,13 @@ the same data helpers so an exported figure matches what was on screen:
 * :func:`explain_figure`: the three side by side under a title carrying the numbers, in the
   manner of the paper's figures; :func:`explain_panels` gives all four by name.
 
-Inputs are the mapping of :func:`simam_viz.neuron.explain_neuron` (or
-:func:`~simam_viz.neuron.explain_from_arrays`) or plain arrays; nothing here runs a model.
-As in :mod:`simam_viz.figures`, figures are ``Figure`` objects on their own Agg canvas (no
+Inputs are the mapping of :func:`simam_viz.engine.neuron.explain_neuron` (or
+:func:`~simam_viz.engine.neuron.explain_from_arrays`) or plain arrays; nothing here runs a model.
+As in :mod:`simam_viz.rendering.figures`, figures are ``Figure`` objects on their own Agg canvas (no
 pyplot state shared between the app's sessions) with sizes fixed in inches, so the pixel
 size of a PNG is known in advance: a single panel is ``PANEL_W`` x ``PANEL_H`` inches, the
 composite ``3 * PANEL_W`` x ``PANEL_H + HEADER``. Render with
-:func:`simam_viz.figures.figure_to_png` or :func:`~simam_viz.figures.save_png`.
+:func:`simam_viz.rendering.figures.figure_to_png` or :func:`~simam_viz.rendering.figures.save_png`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from simam_viz.figures import _colormap
-from simam_viz.neuron import weight_curve
-from simam_viz.neuron_charts import (
+from simam_viz.engine.neuron import weight_curve
+from simam_viz.rendering.figures import _colormap
+from simam_viz.rendering.neuron_charts import (
     _array,
     _position,
     curve_data,

@@ -3,8 +3,8 @@
 The app's Trust view and the export share these: plotly charts for the page (deletion and
 insertion curves, similarity by cascade step), one mosaic picture for the sanity strip (one
 image on a page instead of 19, as for the depth strip), and a matplotlib composite plus a
-JSON-ready report for the zip. Inputs are what :func:`simam_viz.trust.faithfulness` and
-:func:`simam_viz.trust.sanity_check` return; nothing here runs a model.
+JSON-ready report for the zip. Inputs are what :func:`simam_viz.engine.trust.faithfulness` and
+:func:`simam_viz.engine.trust.sanity_check` return; nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simam_viz.figures import mosaic, overlay
-from simam_viz.trust import SANITY_SCORES, SCORES, SanityStep
+from simam_viz.engine.trust import SANITY_SCORES, SCORES, SanityStep
+from simam_viz.rendering.figures import mosaic, overlay
 
 __all__ = [
     "FAITHFULNESS_KEYS",

@@ -1,0 +1,1 @@
+"""The networks: attention modules and kinds, ResNet-50 builders, taps, preprocessing."""

@@ -1,0 +1,1 @@
+"""Rendering: pure pictures, matplotlib figures, plotly charts and exports, all from arrays."""

@@ -1,0 +1,1 @@
+"""Studies: synthetic scenes, training, evaluation, localization and distributed runs."""
