@@ -24,10 +24,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from simam_viz.engine.analysis import Analysis, analyze
+    from simam_viz.engine.attention_shapes import weight_variance
     from simam_viz.engine.neuron import explain_neuron
     from simam_viz.engine.trust import faithfulness, sanity_check
     from simam_viz.errors import (
@@ -67,6 +68,7 @@ _LAZY: dict[str, str] = {
     "faithfulness": "simam_viz.engine.trust",
     "sanity_check": "simam_viz.engine.trust",
     "explain_neuron": "simam_viz.engine.neuron",
+    "weight_variance": "simam_viz.engine.attention_shapes",
 }
 
 
@@ -113,4 +115,5 @@ __all__ = [
     "model_info",
     "sanity_check",
     "save_checkpoint",
+    "weight_variance",
 ]

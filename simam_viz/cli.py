@@ -363,7 +363,7 @@ def _demo_simam() -> CatalogItem:
     from simam_viz.weights.catalog import available_demo
 
     for item in available_demo():
-        if ARCHS[item.arch].attention == "simam":
+        if ARCHS[item.arch].kind.has_lambda:
             return item
     raise SimamVizError("no demo SimAM model found; pass --checkpoint")
 

@@ -115,7 +115,7 @@ def test_se_channel_weights_are_the_excitation() -> None:
     assert result.wheres("layer3.2") == ("output", "before", "after")
     expected = _library_cam("gradcam", model, block.bn3[0], x, result.target)
     np.testing.assert_allclose(result.cam("layer3.2", "before"), expected, atol=1e-5)
-    with pytest.raises(AnalysisError, match="no SimAM attention"):
+    with pytest.raises(AnalysisError, match="no 3-D attention weights"):
         result.attention("layer3.2")
 
 

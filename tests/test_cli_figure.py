@@ -69,7 +69,7 @@ def test_figure_batch(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch,
     assert simam["lambda"] == 0.1 and "torch" in manifest["versions"]
     arrays = np.load(out / "a_SimAM-ResNet-50-demo.npz")
     assert arrays["cam__layer4.2__attention"].shape == (64, 64)
-    assert arrays["attention__layer4.2"].shape[0] == 64  # conv2 of layer4: 512 * 0.125
+    assert arrays["attention_weights__layer4.2__full"].shape[0] == 64  # conv2 of layer4: 512 * 0.125
 
 
 def test_figure_usage_errors(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch,

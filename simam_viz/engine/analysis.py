@@ -26,6 +26,7 @@ from torch import nn
 from simam_viz.engine.cam_methods import METHODS, compute_cam
 from simam_viz.errors import AnalysisError
 from simam_viz.networks.attention import SimAM
+from simam_viz.networks.kinds import AttentionKind
 from simam_viz.networks.models import (
     ARCHS,
     BLOCKS,
@@ -84,14 +85,19 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     _cams: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
     _raw: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
-    _attention: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _channels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def attention_kind(self) -> str | None:
         """The attention module's kind ("se", "simam", ...; None for plain ResNet-50), from
-        the architecture registry: views ask this instead of comparing architecture names."""
+        the architecture registry."""
         return ARCHS[self.arch].attention
+
+    @property
+    def kind(self) -> AttentionKind:
+        """What this model's attention is and can show (label, weight shapes, lambda):
+        views ask this instead of comparing architecture or kind names."""
+        return ARCHS[self.arch].kind
 
     def wheres(self, block: str) -> tuple[str, ...]:
         """The ``where`` values available for ``block`` (depends on the attention module)."""
@@ -115,18 +121,37 @@ class Analysis:
         """The same map before min-max scaling (for one colour scale across models)."""
         return self._raw[self._key(block, where)]
 
+    def attention_weights(self, block: str) -> dict[str, np.ndarray]:
+        """The attention module's own weights at ``block`` in their native shape.
+
+        Keys among ``"channel"`` (C,), ``"spatial"`` (H, W) and ``"full"`` (C, H, W), as the
+        module's sigmoid produced them in the analysis pass (recorded, not recomputed): SE and
+        ECA give ``channel``, CBAM ``channel`` and ``spatial``, SimAM ``full``, ResNet-50 ``{}``.
+        """
+        if block not in self.blocks:
+            raise AnalysisError(f"block {block} was not analysed; analysed: {self.blocks}")
+        return dict(self._weights.get(block, {}))
+
     def attention(self, block: str) -> tuple[np.ndarray, np.ndarray]:
-        """SimAM's 3-D weights (C x h x w) and their channel average (h x w, Figure 6)."""
-        if block not in self._attention:
-            raise AnalysisError(f"{self.arch} has no SimAM attention weights at {block}")
-        weights = self._attention[block]
-        return weights, weights.mean(axis=0)
+        """3-D weights (C x h x w) and their channel average (h x w, Figure 6's fourth map)."""
+        full = self._weights.get(block, {}).get("full")
+        if full is None:
+            raise AnalysisError(f"{self.arch} has no 3-D attention weights at {block}")
+        return full, full.mean(axis=0)
+
+    def has_channel_weights(self, block: str) -> bool:
+        """Whether :meth:`channel_weights` has something to show at ``block``."""
+        return bool(self._weights.get(block))
 
     def channel_weights(self, block: str) -> np.ndarray:
-        """Per-channel weights: SimAM means, SE/ECA excitation, CBAM channel gate (C,)."""
-        if block not in self._channels:
-            raise AnalysisError(f"{self.arch} has no channel weights at {block}")
-        return self._channels[block]
+        """Per-channel weights (C,): the channel gate where the module has one (SE, ECA, CBAM),
+        else the 3-D weights' mean over positions (SimAM)."""
+        weights = self._weights.get(block, {})
+        if "channel" in weights:
+            return weights["channel"]
+        if "full" in weights:
+            return weights["full"].mean(axis=(1, 2))
+        raise AnalysisError(f"{self.arch} has no channel weights at {block}")
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array by a flat name, for ``np.savez`` and zip exports."""
@@ -134,10 +159,10 @@ class Analysis:
         for (block, where), cam in self._cams.items():
             out[f"cam/{block}/{where}"] = cam
             out[f"raw_cam/{block}/{where}"] = self._raw[(block, where)]
-        for block, weights in self._attention.items():
-            out[f"attention/{block}"] = weights
-        for block, weights in self._channels.items():
-            out[f"channel_weights/{block}"] = weights
+        for block, weights in self._weights.items():
+            for shape, values in weights.items():
+                out[f"attention_weights/{block}/{shape}"] = values
+            out[f"channel_weights/{block}"] = self.channel_weights(block)
         return out
 
 
@@ -292,21 +317,28 @@ def _build_result(
 ) -> Analysis:
     top = np.argsort(-probs)[:5]
     predictions = [Prediction(int(i), info.class_names[i], float(probs[i])) for i in top]
-    if info.attention == "simam":
+    has_lambda = info.kind.has_lambda
+    if has_lambda:
         lam = lam if lam is not None else info.simam_lambda
     return Analysis(
         model_name=info.name or info.title, arch=info.arch, method=method, target=chosen,
-        target_name=info.class_names[chosen], simam_lambda=lam if info.attention == "simam"
-        else None, blocks=blocks, image=picture, predictions=predictions,
+        target_name=info.class_names[chosen], simam_lambda=lam if has_lambda else None,
+        blocks=blocks, image=picture, predictions=predictions,
         probabilities=probs.astype(np.float32), timings=timings,
     )
 
 
 def _record_weights(result: Analysis, rec: Recorder, block: str) -> None:
-    weights = rec.activations.get((block, "attention"))
-    if weights is not None:
-        w = weights[0].float().cpu().numpy()
-        result._attention[block] = w
-        result._channels[block] = w.mean(axis=(1, 2))
-    elif block in rec.gate_values:
-        result._channels[block] = rec.gate_values[block][0].float().cpu().numpy()
+    """The block's weights from the recorder, each squeezed to its native shape."""
+    weights: dict[str, np.ndarray] = {}
+    for (b, shape), value in rec.gate_values.items():
+        if b != block:
+            continue
+        array = value[0].float().cpu().numpy()
+        if shape == "channel":
+            array = array.reshape(-1)
+        elif shape == "spatial":
+            array = array.reshape(array.shape[-2:])
+        weights[shape] = array
+    if weights:
+        result._weights[block] = weights

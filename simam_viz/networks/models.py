@@ -9,14 +9,14 @@ which is the one naming every checkpoint layout is remapped to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from simam_viz.networks.attention import CBAM, ECA, SE, SimAM
+from simam_viz.networks.kinds import KINDS, AttentionKind
 from simam_viz.networks.preprocess import Preprocessing
 
 __all__ = [
@@ -51,59 +51,35 @@ def validate_block(name: str) -> str:
     return name
 
 
-# Attention factory: (stage index 0-3, output channels of the block, options) -> module.
-AttentionFactory = Callable[[int, int, dict[str, Any]], nn.Module]
-
-
 @dataclass(frozen=True)
 class ArchSpec:
-    """Where an architecture puts its attention module and how it builds one."""
+    """An architecture: ResNet-50 with one attention kind (or none) in every bottleneck."""
 
     name: str
-    attention: str | None  # "simam", "se", "eca", "cbam" or None
-    site: str | None  # "conv2" or "bn3"
-    factory: AttentionFactory | None
+    kind: AttentionKind
     title: str
 
+    @property
+    def attention(self) -> str | None:
+        """The kind's name ("simam", "se", "eca", "cbam"), None for the plain ResNet."""
+        return self.kind.name if self.kind.has_attention else None
 
-ARCHS: dict[str, ArchSpec] = {}
-
-
-def _register(name: str, attention: str | None, site: str | None, title: str):
-    def deco(factory: AttentionFactory | None) -> AttentionFactory | None:
-        ARCHS[name] = ArchSpec(name, attention, site, factory, title)
-        return factory
-
-    return deco
+    @property
+    def site(self) -> str | None:
+        return self.kind.site
 
 
-_register("resnet50", None, None, "ResNet-50")(None)
-
-
-@_register("simam_resnet50", "simam", "conv2", "SimAM-ResNet-50")
-def _simam(stage: int, channels: int, opts: dict[str, Any]) -> nn.Module:
-    return SimAM(opts["simam_lambda"])
-
-
-@_register("se_resnet50", "se", "bn3", "SE-ResNet-50")
-def _se(stage: int, channels: int, opts: dict[str, Any]) -> nn.Module:
-    reduced = opts.get("se_reduced")
-    return SE(
-        channels,
-        16,
-        reduced=None if reduced is None else reduced[stage],
-        bias=bool(opts.get("se_bias", False)),
+ARCHS: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec("resnet50", KINDS["none"], "ResNet-50"),
+        ArchSpec("simam_resnet50", KINDS["simam"], "SimAM-ResNet-50"),
+        ArchSpec("se_resnet50", KINDS["se"], "SE-ResNet-50"),
+        ArchSpec("eca_resnet50", KINDS["eca"], "ECA-ResNet-50"),
+        ArchSpec("cbam_resnet50", KINDS["cbam"], "CBAM-ResNet-50"),
     )
-
-
-@_register("eca_resnet50", "eca", "bn3", "ECA-ResNet-50")
-def _eca(stage: int, channels: int, opts: dict[str, Any]) -> nn.Module:
-    return ECA(channels, opts.get("eca_kernels", (3, 5, 5, 7))[stage])
-
-
-@_register("cbam_resnet50", "cbam", "bn3", "CBAM-ResNet-50")
-def _cbam(stage: int, channels: int, opts: dict[str, Any]) -> nn.Module:
-    return CBAM(channels, 16)
+}
+"""Every architecture by name; what its attention is and shows lives in its kind."""
 
 
 class ResNet50(tv_resnet.ResNet):
@@ -187,6 +163,11 @@ class ModelInfo:
         """Kind of attention module, or None for the plain ResNet."""
         return ARCHS[self.arch].attention
 
+    @property
+    def kind(self) -> AttentionKind:
+        """What the attention module is and which weights it shows."""
+        return ARCHS[self.arch].kind
+
 
 def _to_v1(model: ResNet50) -> None:
     """Turn the v1.5 layout into ResNet v1 (the Caffe SE-ResNet-50 layout).
@@ -237,12 +218,13 @@ def build_model(
         "se_bias": se_bias,
         "eca_kernels": tuple(eca_kernels),
     }
-    if spec.factory is not None:
+    kind = spec.kind
+    if kind.has_attention:
         for stage, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
             for block in layer:
                 channels = block.conv3.out_channels
-                module = spec.factory(stage, channels, opts)
-                if spec.site == "conv2":
+                module = kind.build(stage, channels, opts)
+                if kind.site == "conv2":
                     block.conv2 = nn.Sequential(block.conv2, module)
                 else:
                     block.bn3 = nn.Sequential(block.bn3, module)
@@ -251,7 +233,7 @@ def build_model(
     model.simam_viz = ModelInfo(  # type: ignore[assignment]
         arch=arch,
         width=width,
-        simam_lambda=simam_lambda if spec.attention == "simam" else None,
+        simam_lambda=simam_lambda if kind.has_lambda else None,
         num_classes=num_classes,
         resnet_variant=resnet_variant,
         class_names=default_class_names(num_classes),

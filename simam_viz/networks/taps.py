@@ -1,10 +1,11 @@
 """Attention taps: where in a bottleneck each map comes from, and hooks that record it.
 
 A *tap* is a submodule whose output the analysis needs: the bottleneck's output, the features
-entering and leaving the attention module, SimAM's 3-D weights (the output of its ``sigmoid``
-child) and the channel weights of SE/ECA/CBAM. :class:`Recorder` hooks all taps of the requested
-blocks for ONE forward and ONE backward pass, keeps activations and their gradients, and always
-removes its hooks, so a shared model is left exactly as it was found.
+entering and leaving the attention module and, where the kind has 3-D weights, those weights.
+Beside the taps, every weight the module's kind produces (:mod:`simam_viz.networks.kinds`:
+channel, spatial, 3-D) is recorded as its sigmoid outputs it. :class:`Recorder` hooks all
+taps of the requested blocks for ONE forward and ONE backward pass, keeps activations and their
+gradients, and always removes its hooks, so a shared model is left exactly as it was found.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from simam_viz.networks.attention import CBAM, ECA, SE, SimAM
+from simam_viz.networks.kinds import kind_of_module
 from simam_viz.networks.models import attention_module
 
-__all__ = ["Recorder", "Tap", "channel_gate", "taps_for_block"]
+__all__ = ["Recorder", "Tap", "channel_gate", "taps_for_block", "weight_gates"]
 
 
 
@@ -31,15 +32,16 @@ class Tap:
     module: nn.Module
 
 
+def weight_gates(module: nn.Module | None) -> dict[str, nn.Module]:
+    """The children whose outputs are the module's weights, by shape (its kind says which)."""
+    if module is None:
+        return {}
+    return kind_of_module(module).gate_modules(module)
+
+
 def channel_gate(module: nn.Module | None) -> nn.Module | None:
     """The child whose output is the per-channel weight vector (excitation, gate), if any."""
-    if isinstance(module, SE):
-        return module.fc[3]
-    if isinstance(module, ECA):
-        return module.sigmoid
-    if isinstance(module, CBAM):
-        return module.ChannelGate.sigmoid
-    return None
+    return weight_gates(module).get("channel")
 
 
 def taps_for_block(model: nn.Module, block: str) -> list[Tap]:
@@ -49,10 +51,11 @@ def taps_for_block(model: nn.Module, block: str) -> list[Tap]:
     module = attention_module(model, block)
     if module is None:
         return taps
-    site = bottleneck.conv2 if isinstance(module, SimAM) else bottleneck.bn3
+    kind = kind_of_module(module)
+    site = getattr(bottleneck, kind.site)
     taps += [Tap(block, "before", site[0]), Tap(block, "after", module)]
-    if isinstance(module, SimAM):
-        taps.append(Tap(block, "attention", module.sigmoid))
+    if kind.cam_weights is not None:
+        taps.append(Tap(block, "attention", kind.gate_modules(module)[kind.cam_weights]))
     return taps
 
 
@@ -67,29 +70,28 @@ class Recorder:
     """
 
     taps: list[Tap]
-    gates: dict[str, nn.Module] = field(default_factory=dict)
+    gates: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
     activations: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     gradients: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
-    gate_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    gate_values: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     _handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
 
     @classmethod
     def for_blocks(cls, model: nn.Module, blocks: Iterable[str]) -> Recorder:
         taps: list[Tap] = []
-        gates: dict[str, nn.Module] = {}
+        gates: dict[tuple[str, str], nn.Module] = {}
         for block in blocks:
             taps += taps_for_block(model, block)
-            gate = channel_gate(attention_module(model, block))
-            if gate is not None:
-                gates[block] = gate
+            for shape, gate in weight_gates(attention_module(model, block)).items():
+                gates[(block, shape)] = gate
         return cls(taps, gates)
 
     def __enter__(self) -> Recorder:
         try:
             for tap in self.taps:
                 self._handles.append(tap.module.register_forward_hook(self._capture(tap)))
-            for block, gate in self.gates.items():
-                self._handles.append(gate.register_forward_hook(self._capture_gate(block)))
+            for key, gate in self.gates.items():
+                self._handles.append(gate.register_forward_hook(self._capture_gate(key)))
         except BaseException:
             self.remove()
             raise
@@ -118,8 +120,8 @@ class Recorder:
 
         return hook
 
-    def _capture_gate(self, block: str):
+    def _capture_gate(self, key: tuple[str, str]):
         def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            self.gate_values[block] = output.detach().reshape(output.shape[0], -1).clone()
+            self.gate_values[key] = output.detach().clone()
 
         return hook

@@ -501,7 +501,7 @@ def analysis_key(image_sha: str, model_key: str, model: nn.Module, device: str,
                  target: str | None, method: str, simam_lambda: float | None) -> AnalysisKey:
     """The cache key of one analysis; the app and ``warm_up`` build it the same way."""
     info = model.simam_viz
-    lam = simam_lambda if info.attention == "simam" else None
+    lam = simam_lambda if info.kind.has_lambda else None
     return AnalysisKey(image_sha, model_key, info.sha256 or "", device,
                        target_for(model, target), method, lam)
 

@@ -235,12 +235,11 @@ def _build_kwargs(state: Mapping[str, torch.Tensor], arch: str) -> dict[str, Any
     if stem is None:
         raise _fail("no stem convolution (conv1.weight); expected a ResNet-50")
     kwargs: dict[str, Any] = {"width": stem.shape[0] / 64, "num_classes": _num_classes(state)}
-    firsts = [f"layer{s}.0.bn3.1" for s in range(1, 5)]
-    if arch == "se_resnet50":
-        kwargs["se_reduced"] = [int(state[f"{p}.fc.0.weight"].shape[0]) for p in firsts]
-        kwargs["se_bias"] = f"{firsts[0]}.fc.0.bias" in state
-    elif arch == "eca_resnet50":
-        kwargs["eca_kernels"] = [int(state[f"{p}.conv.weight"].shape[-1]) for p in firsts]
+    kind = ARCHS[arch].kind
+    if kind.has_attention:
+        slot = 1  # the module is the second item of the Sequential that wraps its site
+        firsts = [f"layer{s}.0.{kind.site}.{slot}" for s in range(1, 5)]
+        kwargs.update(kind.options_from_state(state, firsts))
     return kwargs
 
 

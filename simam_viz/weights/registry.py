@@ -113,7 +113,7 @@ class RegistryEntry:
             return "sha256_prefix must be lowercase hex digits"
         if self.sha256 and self.sha256_prefix and not self.sha256.startswith(self.sha256_prefix):
             return "sha256 and sha256_prefix disagree"
-        if self.arch == "simam_resnet50" and not (self.simam_lambda and self.simam_lambda > 0):
+        if ARCHS[self.arch].kind.has_lambda and not (self.simam_lambda and self.simam_lambda > 0):
             return "a SimAM entry needs a positive simam_lambda"
         if not isinstance(self.redistributable, bool):
             return "redistributable must be true or false"
