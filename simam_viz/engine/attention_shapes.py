@@ -13,10 +13,11 @@ adding, and a product (CBAM) leaves only a little of it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SHARES", "as_full", "weight_variance"]
+__all__ = ["SHARES", "ShapeSummary", "as_full", "shape_summary", "weight_variance"]
 
 SHARES = ("channel", "spatial", "interaction")
 """The keys of :func:`weight_variance`, in the order they stack."""
@@ -91,3 +92,64 @@ def weight_variance(weights: np.ndarray | Mapping[str, np.ndarray]) -> dict[str,
     scale = channel + spatial + interaction
     return {"channel": channel / scale, "spatial": spatial / scale,
             "interaction": interaction / scale, "total": total / w.size}
+
+
+@dataclass(frozen=True)
+class ShapeSummary:
+    """What the Attention shapes view and its exports show of one module's weights at one block.
+
+    Every array is in the module's own units (sigmoid weights in (0, 1)), so models compare on
+    one scale. ``channel`` is the module's channel gate, or for 3-D weights their mean over
+    positions, with ``channel_spread`` their standard deviation over positions (how far a
+    channel's neurons are from sharing one weight, which is all SE can give them).
+    ``spatial`` is a spatial gate's map (CBAM); ``applied_map`` is the channel mean of the
+    weights the module actually multiplies in (3-D weights, or CBAM's channel x spatial
+    product), present when they vary over positions. ``low``/``high`` bound the applied
+    weights and ``variance`` is :func:`weight_variance`.
+    """
+
+    shapes: tuple[str, ...]
+    channel: np.ndarray | None
+    channel_spread: np.ndarray | None
+    spatial: np.ndarray | None
+    applied_map: np.ndarray | None
+    low: float
+    high: float
+    variance: dict[str, float]
+
+    def report(self) -> dict[str, object]:
+        """Numbers a reader may cite (the arrays stay in the npz export)."""
+        return {
+            "shapes": list(self.shapes),
+            "channels": None if self.channel is None else int(self.channel.size),
+            "positions": None if self.applied_map is None else list(self.applied_map.shape),
+            "weight_range": [self.low, self.high],
+            "channel_weight_mean": None if self.channel is None else float(self.channel.mean()),
+            "mean_channel_spread": (None if self.channel_spread is None
+                                    else float(self.channel_spread.mean())),
+            "variance_shares": dict(self.variance),
+        }
+
+
+def shape_summary(weights: Mapping[str, np.ndarray]) -> ShapeSummary:
+    """Summarise an ``Analysis.attention_weights`` dict for the Attention shapes view."""
+    full = as_full(weights)
+    native = tuple(s for s in ("channel", "spatial", "full") if s in weights)
+    has_full = "full" in weights
+    if "channel" in weights:
+        channel = np.asarray(weights["channel"], np.float64)
+    elif has_full:
+        channel = full.mean(axis=(1, 2))
+    else:
+        channel = None
+    varies_over_positions = has_full or "spatial" in weights
+    return ShapeSummary(
+        shapes=native,
+        channel=channel,
+        channel_spread=full.std(axis=(1, 2)) if has_full else None,
+        spatial=np.asarray(weights["spatial"], np.float64) if "spatial" in weights else None,
+        applied_map=full.mean(axis=0) if varies_over_positions else None,
+        low=float(full.min()),
+        high=float(full.max()),
+        variance=weight_variance(full),
+    )
