@@ -48,14 +48,14 @@ demo-weights: install system-deps
 		--epochs 3 --lr 0.02 --warmup-epochs 0.2 --size 129 --test-size 161 --device cpu
 	bash scripts/install-demo-weights.sh build/demo checkpoints/demo
 
-# The localization study of README (test split, all three demo models).
+# The localization study of docs/studies.md (test split, all three demo models).
 evaluate-demo: install
 	$(VENV)/bin/simam-viz evaluate --data build/scenes --split test \
 		--methods gradcam gradcam++ layercam --csv build/study.csv
 
-# The trust study of README: faithfulness and sanity scores (simam-viz evaluate --faithfulness
-# --sanity) of the three demo models on 48 test scenes, the tables (build/trust_study/table.md)
-# and docs/study/sanity_cascade.png.
+# The trust study of docs/studies.md: faithfulness and sanity scores (simam-viz evaluate
+# --faithfulness --sanity) of the three demo models on 48 test scenes, the tables
+# (build/trust_study/table.md) and docs/study/sanity_cascade.png.
 # Only the test split is generated if build/scenes is missing (scenes are a pure function of
 # seed, split and index, so it is the same as the full run's); two single-threaded processes.
 trust-study: install system-deps

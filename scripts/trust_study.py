@@ -1,9 +1,10 @@
-"""The trust study of README: faithfulness and sanity scores of the three demo models.
+"""The trust study of docs/studies.md: faithfulness and sanity scores of the three demo models.
 
 ``simam-viz evaluate --faithfulness --sanity`` on the demo models, the test split, Grad-CAM,
 Grad-CAM++ and LayerCAM at ``layer4.2`` (block output, and before/after SE and SimAM), then the
-README's tables (mean and 95 % bootstrap interval per score) and the figure of the cascading
-randomization (mean Spearman, SSIM and HOG similarity by step, Grad-CAM at the block output).
+tables of docs/studies.md (mean and 95 % bootstrap interval per score) and the figure of the
+cascading randomization (mean Spearman, SSIM and HOG similarity by step, Grad-CAM at the block
+output).
 
 Each (model, method) pair is one job: ``evaluation.evaluate`` for that model and method alone,
 in a process of its own with one torch thread. On a shared 2-core CPU, two single-threaded
@@ -120,7 +121,7 @@ def _ordered(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The README's two tables: faithfulness, then sanity, each cell mean [95 % interval]."""
+    """docs/studies.md's two tables: faithfulness, then sanity, each cell mean [95 % interval]."""
     out = []
     for columns in (FAITHFULNESS_COLUMNS, SANITY_COLUMNS):
         out += ["| model | method | map | " + " | ".join(t for _, t in columns) + " |",
