@@ -24,7 +24,7 @@ run: install
 	$(VENV)/bin/streamlit run app/serve.py --server.port $(PORT)
 
 lint: install
-	$(VENV)/bin/ruff check simam_viz app tests scripts benchmarks setup.py
+	$(VENV)/bin/ruff check simam_viz app tests scripts benchmarks harness setup.py
 
 test: install system-deps lint audit
 	$(PY) -m pytest -q

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import layouts  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from simam_viz import build_model, load_model, save_checkpoint  # noqa: E402
 from simam_viz.networks.preprocess import Preprocessing  # noqa: E402
+from tests import layouts  # noqa: E402
 
 FIXTURES = {
     "torchvision (.pth)": (layouts.torchvision_layout, "resnet50.pth"),

@@ -1,6 +1,6 @@
 """Many browser sessions against one app server: load, the busy path, and a memory soak.
 
-Loopback only, bounded, one `streamlit run` per phase (tests/apphost.py), Debian's chromium
+Loopback only, bounded, one `streamlit run` per phase (harness/apphost.py), Debian's chromium
 through Playwright's async API (one context = one Streamlit session).
 
 - load: N = 1, 2, 4, 8 sessions upload different images at the same moment. Per N: p50/p95/max
@@ -65,9 +65,11 @@ from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(1, str(ROOT))  # the simam_viz beside this file, as the server imports it
-from apphost import CHROMIUM, CHROMIUM_ARGS, IDLE, rss_mb, start_app, stop_app  # noqa: E402
+# the repository root: harness/, tests/layouts.py and the simam_viz beside this file, as the
+# server imports it
+sys.path.insert(0, str(ROOT))
+from harness import runstate  # noqa: E402
+from harness.apphost import CHROMIUM, CHROMIUM_ARGS, rss_mb, start_app, stop_app  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from app_latency import ForeignCpu  # noqa: E402
@@ -75,35 +77,9 @@ from app_latency import ForeignCpu  # noqa: E402
 UPLOAD_LOCK = asyncio.Lock()
 ALL_FIGURES_P95_TARGET_S = 3.0  # 8 sessions uploading at once: every page complete by then
 FIRST_PAGE: dict[int, frozenset[str]] = {}  # id(page) -> figures of its first page (the example)
-SRCS = "Array.from(document.querySelectorAll(\"[data-testid='stImage'] img\")).map(i => i.src)"
 ALERTS = "[data-testid='stAlert']"
-# Installed before the page's own scripts: counts runs that ended (one record per change, even
-# when several arrive in one callback) and Streamlit's websocket messages. A run whose start
-# and end reach the page in one frame never shows "running"; a quiet websocket then ends it.
-WATCH = """(() => {
-  if (window.__runs !== undefined) return;
-  window.__runs = 0; window.__msgs = 0; window.__lastMsg = 0;
-  const WS = window.WebSocket;
-  window.WebSocket = class extends WS {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("message", () => {
-        window.__msgs++;
-        window.__lastMsg = performance.now();
-      });
-    }
-  };
-  const attach = () => {
-    const app = document.querySelector("[data-testid='stApp']");
-    if (!app) { setTimeout(attach, 5); return; }
-    new MutationObserver((records) => {
-      for (const r of records) if (r.oldValue === "running") window.__runs++;
-    }).observe(app, {attributes: true, attributeOldValue: true,
-                     attributeFilter: ["data-test-script-state"]});
-  };
-  attach();
-})();"""
-QUIET_MSG_MS = 1000  # no message for this long, idle, no "running" seen: the run has ended
+# no message for this long, idle, no "running" seen: the run has ended (harness.runstate)
+QUIET_MSG_MS = 1000
 
 
 class StuckError(TimeoutError):
@@ -120,11 +96,6 @@ def image_bytes(seed: int, level: int = 6) -> bytes:
     return buf.getvalue()
 
 
-STATE = ("[" + SRCS + ", window.__runs, document.querySelector(\"[data-testid='stApp']\")"
-         ".getAttribute('data-test-script-state'), window.__msgs,"
-         " performance.now() - window.__lastMsg]")
-
-
 async def settle(page: Page, runs_before: int, before: list[str] | None = None,
                  start: float | None = None, timeout: float = 120.0,
                  avoid: set[str] | frozenset[str] = frozenset(),
@@ -134,35 +105,34 @@ async def settle(page: Page, runs_before: int, before: list[str] | None = None,
     Returns seconds from `start` to the first figure in neither `before` nor `avoid` (None if
     none came). A page that shows any figure of `avoid` (the session's first page, the default
     example) has not settled: replacing an upload first reruns without a file, which shows the
-    example, and only then runs with the new file.
-    Polling from here, not with page.wait_for_function: many pages polling at once stalled
-    Playwright here now and then.
+    example, and only then runs with the new file. Whether the runs have ended is
+    harness.runstate's verdict; a run seen ending must then hold for 0.6 s (no rerun after it).
     """
     first, quiet_since, quiet_runs = None, None, -1
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        srcs, runs, state, msgs, quiet_ms = await page.evaluate(STATE)
+    last: dict = {}
+    async for last in runstate.snapshots(
+            page, timeout=timeout, interval=0.02, figures=False, avoid=avoid,
+            since={"runs": runs_before, "msgs": msgs_before}, quiet_ms=QUIET_MSG_MS):
+        if "error" in last:
+            continue
         now = time.perf_counter()
         if first is None and before is not None and any(x not in before and x not in avoid
-                                                        for x in srcs):
+                                                        for x in last["srcs"]):
             first = now - (start or now)
-        if runs > runs_before and state == "notRunning" and not avoid.intersection(srcs):
-            if quiet_since is None or runs != quiet_runs:
-                quiet_since, quiet_runs = now, runs
-            elif now - quiet_since > 0.6:
-                return first
-        elif (runs == runs_before and state == "notRunning" and msgs_before is not None
-              and msgs > msgs_before and quiet_ms > QUIET_MSG_MS
-              and not avoid.intersection(srcs)):
-            return first  # a run that never showed "running" (see WATCH)
-        else:
+        if not last["settled"]:
             quiet_since, quiet_runs = None, -1
-        await asyncio.sleep(0.02)
-    on_first = len(avoid.intersection(srcs))
+        elif last["runs"] == runs_before:
+            return first  # a run that never showed "running": its websocket went quiet
+        elif quiet_since is None or last["runs"] != quiet_runs:
+            quiet_since, quiet_runs = now, last["runs"]
+        elif now - quiet_since > 0.6:
+            return first
+    srcs = last.get("srcs", [])
     alerts = await page.locator(ALERTS).all_inner_texts()
-    raise StuckError(f"the page did not settle in {timeout:.0f} s: state {state}, runs ended "
-                f"{runs - runs_before}, messages {msgs - (msgs_before or 0)}, "
-                f"{len(srcs)} figures ({on_first} of the first page's), alerts {alerts}")
+    raise StuckError(f"the page did not settle in {timeout:.0f} s: state {last.get('state')}, "
+                     f"runs ended {last.get('runs', runs_before) - runs_before}, messages "
+                     f"{last.get('msgs', 0) - (msgs_before or 0)}, {len(srcs)} figures "
+                     f"({len(avoid.intersection(srcs))} of the first page's), alerts {alerts}")
 
 
 async def open_session(browser: Browser, url: str):
@@ -174,10 +144,10 @@ async def open_session(browser: Browser, url: str):
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
-    await context.add_init_script(WATCH)
+    await context.add_init_script(runstate.OBSERVER_JS)
     page = await context.new_page()
     await page.goto(url)
-    await page.wait_for_selector(IDLE, timeout=300_000)
+    await page.wait_for_selector(runstate.IDLE, timeout=300_000)
     try:
         await page.wait_for_selector("input[type=file]", state="attached", timeout=30_000)
     except PlaywrightTimeout:
@@ -190,8 +160,8 @@ async def open_session(browser: Browser, url: str):
             except PlaywrightTimeout:
                 continue
     await page.wait_for_timeout(300)
-    await page.wait_for_selector(IDLE, timeout=300_000)
-    FIRST_PAGE[id(page)] = frozenset(await page.evaluate(SRCS))
+    await page.wait_for_selector(runstate.IDLE, timeout=300_000)
+    FIRST_PAGE[id(page)] = frozenset((await runstate.snapshot(page))["srcs"])
     return context, page
 
 
@@ -200,8 +170,8 @@ async def send(page: Page, name: str, data: bytes, *, digests: bool = True) -> d
 
     ``digests=False`` skips fetching the figures again (the capacity phase counts the
     server's CPU, and those extra requests are not a visitor's)."""
-    before = await page.evaluate(SRCS)
-    runs, msgs = await page.evaluate("[window.__runs, window.__msgs]")
+    shown_before = await runstate.snapshot(page)
+    before, runs, msgs = shown_before["srcs"], shown_before["runs"], shown_before["msgs"]
     # Playwright stalls when several pages receive files at the same instant: hand the files
     # over one at a time (~0.1 s each); each session's clock starts at its own hand-over
     async with UPLOAD_LOCK:
@@ -217,7 +187,7 @@ async def send(page: Page, name: str, data: bytes, *, digests: bool = True) -> d
                 "busy": False, "stuck": str(exc)}
     total = time.perf_counter() - start
     alerts = await page.locator(ALERTS).all_inner_texts()
-    srcs = await page.evaluate(SRCS)
+    srcs = (await runstate.snapshot(page))["srcs"]
     # figures are compared by content: Streamlit names media by their hash, so the same figure
     # for the same pixels keeps its URL and is not "new" on the page
     figures = []
@@ -310,15 +280,6 @@ CAPACITY_SETS = {  # name -> title, uploads per block, blocks (server and model 
     "full": ("three full-size ResNet-50s (random weights, official layouts)", 2, 3),
 }
 GENERATOR_SHARE = 0.5  # at saturation the browsers may use this much of their cores at most
-# done: the run has ended, the caption names this upload, and every image has loaded
-SHOWN = """([name, count]) => {
-  const app = document.querySelector("[data-testid='stApp']");
-  if (!app || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-  const caps = [...document.querySelectorAll("[data-testid='stCaptionContainer']")];
-  if (!caps.some(c => c.innerText.trim() === "Image: " + name)) return false;
-  const imgs = [...document.querySelectorAll("[data-testid='stImage'] img")];
-  return imgs.length >= count && imgs.every(i => i.complete && i.naturalWidth > 0);
-}"""
 # py-spy samples whose innermost frame is one of these are a thread waiting, not working
 IDLE_FRAMES = ("EpollSelector.select", "PollingPathWatcher._schedule", "Condition.wait",
                "Event.wait", "Queue.get", "_worker (concurrent/futures/thread.py:81)")
@@ -485,7 +446,8 @@ def full_size_folder(folder: Path) -> Path:
     """ResNet-50, SE-ResNet-50 and SimAM-ResNet-50 at full width, random weights, saved in
     their official key layouts (tests/layouts.py), as an operator's checkpoints/ would be."""
     import torch
-    from layouts import se_timm, simam_official, torchvision_layout
+
+    from tests.layouts import se_timm, simam_official, torchvision_layout
 
     torch.save(torchvision_layout()[0], folder / "rn50_tv.pth")
     torch.save(se_timm()[0], folder / "se_rn50_timm.pth")
@@ -503,19 +465,18 @@ async def select_models(page: Page, labels: list[str]) -> None:
         if await option.count():  # (it lists only what is not selected yet)
             await option.click()
             await page.wait_for_timeout(300)
-            await page.wait_for_selector(IDLE, timeout=300_000)
+            await page.wait_for_selector(runstate.IDLE, timeout=300_000)
         await page.keyboard.press("Escape")
 
 
 async def shown(page: Page, name: str, count: int, timeout: float = 120.0) -> None:
-    """Poll until the page shows the figures of the upload ``name`` (at least ``count``)."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if await page.evaluate(SHOWN, [name, count]):
-            return
-        await asyncio.sleep(0.02)
-    alerts = await page.locator(ALERTS).all_inner_texts()
-    raise StuckError(f"{name} not shown in {timeout:.0f} s; alerts {alerts}")
+    """Poll until the page shows the figures of the upload ``name`` (at least ``count``): the
+    run has ended, the caption names this upload, and every image has loaded."""
+    try:
+        await runstate.settled(page, name=name, count=count, timeout=timeout)
+    except TimeoutError as exc:
+        alerts = await page.locator(ALERTS).all_inner_texts()
+        raise StuckError(f"{name} not shown in {timeout:.0f} s; alerts {alerts}") from exc
 
 
 async def upload_shown(page: Page, name: str, data: bytes, count: int) -> float:

@@ -62,9 +62,9 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from apphost import CHROMIUM, CHROMIUM_ARGS, png_bytes  # noqa: E402
-
+sys.path.insert(0, str(ROOT))  # the repository root: harness/ and simam_viz/
+from harness import runstate  # noqa: E402
+from harness.apphost import CHROMIUM, CHROMIUM_ARGS, png_bytes  # noqa: E402
 from simam_viz.networks.preprocess import Preprocessing  # noqa: E402
 
 UPSTREAM_HEADER = "x-simam-viz-upstream"  # the proxy's debug header (PROXY_DEBUG_UPSTREAM=1)
@@ -73,52 +73,6 @@ COOKIE = "simam_viz_affinity"  # the proxy's affinity cookie: ADDRESS:PORT of th
 # (app/streamlit_app.py)
 LOST_UPLOAD = ("Your uploaded image was lost with the server it was on; "
                "please upload it again.")
-# Installed before the page's scripts: websocket opens/closes/messages and ended script runs,
-# so that "reconnected and ran again" can be told from "still shows the old page".
-WATCH = """(() => {
-  if (window.__probe) return;
-  const P = window.__probe = {opened: 0, closed: 0, runs: 0, runsAtOpen: 0, msgsSinceOpen: 0,
-                              msgs: 0, lastMsg: 0};
-  const WS = window.WebSocket;
-  window.WebSocket = class extends WS {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("open", () => {
-        P.opened++; P.runsAtOpen = P.runs; P.msgsSinceOpen = 0;
-      });
-      this.addEventListener("close", () => { P.closed++; });
-      this.addEventListener("message", () => {
-        P.msgs++; P.msgsSinceOpen++; P.lastMsg = performance.now();
-      });
-    }
-  };
-  const attach = () => {
-    const app = document.querySelector("[data-testid='stApp']");
-    if (!app) { setTimeout(attach, 5); return; }
-    new MutationObserver((records) => {
-      for (const r of records) if (r.oldValue === "running") P.runs++;
-    }).observe(app, {attributes: true, attributeOldValue: true,
-                     attributeFilter: ["data-test-script-state"]});
-  };
-  attach();
-})();"""
-STATE = """() => {
-  const app = document.querySelector("[data-testid='stApp']");
-  const imgs = [...document.querySelectorAll("[data-testid='stImage'] img")];
-  const P = window.__probe || {};
-  return {
-    state: app ? app.getAttribute("data-test-script-state") : null,
-    images: imgs.length,
-    loaded: imgs.length > 0 && [...document.images].every(i => i.complete && i.naturalWidth > 0),
-    src: imgs.length ? imgs[0].getAttribute("src") : null,
-    captions: [...document.querySelectorAll("[data-testid='stCaptionContainer']")]
-      .map(c => c.innerText.trim()),
-    alerts: [...document.querySelectorAll("[data-testid='stAlert']")].map(a => a.innerText),
-    traceback: document.body.innerText.includes("Traceback"),
-    opened: P.opened, closed: P.closed, runs: P.runs, runsAtOpen: P.runsAtOpen,
-    msgsSinceOpen: P.msgsSinceOpen, msgs: P.msgs, quietMs: performance.now() - P.lastMsg,
-  };
-}"""
 MIN_IMAGES = 4  # the Compare view: the input crop and each model's overlay
 
 
@@ -201,7 +155,9 @@ def percentile(values: list[float], q: float) -> float:
 async def open_session(browser: Browser, url: str, index: int) -> Session:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000},
                                         accept_downloads=True)
-    await context.add_init_script(WATCH)
+    # websocket opens/closes/messages and ended script runs, so that "reconnected and ran
+    # again" can be told from "still shows the old page"
+    await context.add_init_script(runstate.OBSERVER_JS)
     page = await context.new_page()
     session = Session(index, context, page)
 
@@ -241,16 +197,16 @@ async def open_session(browser: Browser, url: str, index: int) -> Session:
     return session
 
 
-async def polled(session: Session, timeout: float) -> AsyncIterator[dict]:
-    """The page's STATE every 50 ms for ``timeout`` seconds (a navigation in progress gives
+def polled(session: Session, timeout: float, **opts) -> AsyncIterator[dict]:
+    """The page's run-state snapshot (harness.runstate, with captions, alerts and whether a
+    traceback shows) every 50 ms for ``timeout`` seconds (a navigation in progress gives
     ``{"error": ...}``: try again)."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        try:
-            yield await session.page.evaluate(STATE)
-        except Exception as exc:
-            yield {"error": str(exc)}
-        await asyncio.sleep(0.05)
+    return runstate.snapshots(session.page, timeout=timeout, detail=True, **opts)
+
+
+async def state_of(session: Session) -> dict:
+    """The page's snapshot now (see ``polled``)."""
+    return await runstate.snapshot(session.page, detail=True)
 
 
 async def settle(session: Session, name: str | None, timeout: float = 120.0) -> dict:
@@ -258,23 +214,18 @@ async def settle(session: Session, name: str | None, timeout: float = 120.0) -> 
     images, all decoded; with ``name``, the caption of that upload."""
     last: dict = {}
     stable = 0
-    async for last in polled(session, timeout):
+    async for last in polled(session, timeout, count=MIN_IMAGES, name=name):
         if "error" in last:
             continue
-        ok = (last["state"] == "notRunning" and last["images"] >= MIN_IMAGES and last["loaded"]
-              and (name is None or f"Image: {name}" in last["captions"]))
         busy = [a for a in last["alerts"] if "busy" in a]
         if busy and last["state"] == "notRunning":
             raise RuntimeError(f"session {session.index}: the replica refused the analysis "
                                f"({busy[0][:100]}): more load than SIMAM_VIZ_BUSY_WAIT_S allows")
-        stable = stable + 1 if ok else 0
+        stable = stable + 1 if last["settled"] else 0
         if stable >= 2:  # two polls in a row: not a frame between two runs
             return last
-    brief = {k: v for k, v in last.items() if k not in ("captions", "alerts")}
-    brief["captions"] = [c for c in last.get("captions", []) if c.startswith("Image:")]
-    brief["alerts"] = [a[:120] for a in last.get("alerts", [])]
     raise TimeoutError(f"session {session.index} did not settle in {timeout:.0f} s "
-                       f"(waiting for {name or 'figures'}): {json.dumps(brief)[:900]}")
+                       f"(waiting for {name or 'figures'}): {runstate.brief(last, 900)}")
 
 
 HAS_TEXT = "(text) => document.body.innerText.includes(text)"
@@ -288,9 +239,8 @@ async def reconnected(session: Session, opened_before: int, timeout: float = 60.
         if "error" not in last and (
                 last["opened"] > opened_before and last["opened"] > last["closed"]):
             return last
-    brief = {k: v for k, v in last.items() if k not in ("captions", "alerts")}
     raise TimeoutError(f"session {session.index} did not reconnect in {timeout:.0f} s: "
-                       f"{json.dumps(brief)[:600]}")
+                       f"{runstate.brief(last)}")
 
 
 async def lost_notice(session: Session, timeout: float = 30.0) -> float | None:
@@ -317,7 +267,7 @@ async def upload(session: Session, seed: int) -> tuple[str, bytes]:
 
 async def check_own_pixels(session: Session, state: dict, data: bytes) -> None:
     """The analysed crop the browser received equals the crop of the uploaded file."""
-    src = state["src"]
+    src = state["srcs"][0]
     # (the page's URL may carry a query, ?upload=ID: resolve the image's path against it)
     resp = await session.page.request.get(urllib.parse.urljoin(session.page.url, src))
     if resp.status != 200:
@@ -349,27 +299,21 @@ def check_page(session: Session, state: dict) -> None:
 
 
 async def idle(session: Session, before: dict, timeout: float = 120.0) -> None:
-    """Wait until the run an action started (after the ``before`` state) has ended: a run
+    """Wait until the run an action started (after the ``before`` snapshot) has ended: a run
     ended since, or (a run too fast to show "running") messages came and then 0.8 s of quiet."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        state = await session.page.evaluate(STATE)
-        if state["state"] == "notRunning" and (
-                state["runs"] > before["runs"]
-                or (state["msgs"] > before["msgs"] and state["quietMs"] > 800)):
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"session {session.index}: the run of '{session.step}' did not end")
+    try:
+        await runstate.settled(session.page, timeout=timeout, interval=0.05, figures=False,
+                               since=before, quiet_ms=800)
+    except TimeoutError as exc:
+        raise TimeoutError(f"session {session.index}: the run of '{session.step}' did not "
+                           f"end") from exc
 
 
 async def quiet(session: Session, seconds: float = 1.0, timeout: float = 120.0) -> None:
     """Wait until no run is going on and the websocket has been silent for ``seconds``."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        state = await session.page.evaluate(STATE)
-        if state["state"] == "notRunning" and state["quietMs"] > seconds * 1000:
+    async for state in polled(session, timeout):
+        if state.get("state") == "notRunning" and state["quietMs"] > seconds * 1000:
             return
-        await asyncio.sleep(0.05)
     raise TimeoutError(f"session {session.index}: never quiet during '{session.step}'")
 
 
@@ -383,7 +327,7 @@ async def download(session: Session) -> int:
     """
     page = session.page
     session.step = "export view"
-    before = await page.evaluate(STATE)
+    before = await state_of(session)
     await page.get_by_role("tab", name="Export").click()
     await idle(session, before)  # the tab's rerun draws the export view's buttons
     data = b""
@@ -407,7 +351,7 @@ async def download(session: Session) -> int:
     else:
         session.problems.append(f"download failed twice: {session.retried[-2:]}")
     session.step = "compare view"
-    before = await page.evaluate(STATE)
+    before = await state_of(session)
     await page.get_by_role("tab", name="Compare models").click()
     await idle(session, before)
     await settle(session, None)
@@ -501,7 +445,7 @@ async def phase_failover(browser: Browser, args) -> dict:
     victim = sessions[0].replica
     victims = [s for s in sessions if s.replica == victim]
     others = [s for s in sessions if s.replica != victim]
-    before = {s.index: (await s.page.evaluate(STATE))["opened"] for s in sessions}
+    before = {s.index: (await state_of(s))["opened"] for s in sessions}
     stop = shlex.split(args.stop_cmd.format(replica=names[victim], address=victim))
 
     async def stop_replica() -> float:
@@ -523,7 +467,7 @@ async def phase_failover(browser: Browser, args) -> dict:
         noticed = await lost_notice(s, timeout=args.notice_wait)
         by_itself = noticed is not None
         if not by_itself:
-            state = await s.page.evaluate(STATE)
+            state = await state_of(s)
             s.problems.append(
                 f"reconnected but did not say '{LOST_UPLOAD}' by itself within "
                 f"{args.notice_wait:.0f} s (script runs on the new websocket: "
@@ -532,10 +476,10 @@ async def phase_failover(browser: Browser, args) -> dict:
             await s.page.locator("body").press("r")
             noticed = await lost_notice(s, timeout=30.0)
             if noticed is None:
-                alerts = [a[:100] for a in (await s.page.evaluate(STATE))["alerts"]]
+                alerts = [a[:100] for a in (await state_of(s))["alerts"]]
                 s.problems.append(f"no '{LOST_UPLOAD}' after a rerun either (alerts on the "
                                   f"page: {alerts})")
-        check_page(s, await s.page.evaluate(STATE))
+        check_page(s, await state_of(s))
         # the user reads the notice, then uploads: once the page has been quiet for a second
         # (an upload sent while the reconnect's run is still ending can be dropped by
         # Streamlit's frontend, which then shows the example again)
@@ -562,7 +506,7 @@ async def phase_failover(browser: Browser, args) -> dict:
     during = await busy
     new_sockets, moved_to = {}, {}
     for s in victims:
-        state = await s.page.evaluate(STATE)
+        state = await state_of(s)
         new_sockets[s.index] = state["opened"] - before[s.index]
         # pinned anew: everything since comes from one replica, one that is still running
         now = {replica_of(up) for t, _, status, up, _ in s.media
@@ -572,7 +516,7 @@ async def phase_failover(browser: Browser, args) -> dict:
         else:
             s.replica = moved_to[s.index] = now.pop()
     for s in others:
-        if (await s.page.evaluate(STATE))["opened"] != before[s.index]:
+        if (await state_of(s))["opened"] != before[s.index]:
             s.problems.append("reconnected although its replica kept running")
         if await s.page.evaluate(HAS_TEXT, LOST_UPLOAD):
             s.problems.append("says its upload was lost although its replica kept running")

@@ -2,8 +2,10 @@
 ``conftest.py``.
 
 Test modules import these by name (``from helpers import tiny_model``), as they do
-``localhttp`` and ``apphost``: pytest puts ``tests/`` on ``sys.path`` (and the benchmarks do
-too). Only what several test modules used to define each for themselves lives here.
+``localhttp``: pytest puts ``tests/`` on ``sys.path``. What drives the real app (server,
+browser, run state) is the repository's ``harness`` package, which pytest can import because
+pyproject.toml puts the repository root on ``sys.path`` too. Only what several test modules
+used to define each for themselves lives here.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from apphost import ROOT
 from PIL import Image
 from torch import nn
 
+from harness.apphost import ROOT
 from simam_viz import build_model, save_checkpoint
 from simam_viz.networks.preprocess import Preprocessing
 from simam_viz.serving.service import AnalysisKey

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+
+from harness.apphost import free_port
 
 
 @contextmanager
@@ -23,9 +24,7 @@ def local_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[
 
 def closed_port() -> int:
     """A loopback port nothing listens on (a download there fails like being offline)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 class QuietHandler(http.server.BaseHTTPRequestHandler):

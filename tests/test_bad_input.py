@@ -32,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphost import (
+from helpers import DEFAULT_EXAMPLE
+from PIL import Image, ImageOps
+
+from harness.apphost import (
     CHROMIUM,
     CHROMIUM_ARGS,
     alerts,
@@ -46,9 +49,7 @@ from apphost import (
     stop_app,
     upload,
 )
-from helpers import DEFAULT_EXAMPLE
-from PIL import Image, ImageOps
-
+from harness.runstate import SNAPSHOT_JS
 from simam_viz.networks.preprocess import Preprocessing
 
 playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
@@ -67,23 +68,19 @@ EXAMPLE = DEFAULT_EXAMPLE.name  # what the page analyses while nothing is upload
 REFUSED_GROWTH_MB = 40
 TOTAL_GROWTH_MB = 300  # a full cache (~230 MB) plus margin; a leak per upload shows past it
 
-# What the page shows right now, read in one go so a check cannot see a half-updated page.
+# What the page shows right now (harness.runstate's snapshot, read in one go so a check cannot
+# see a half-updated page), with the figures of `name` required for "settled".
 _PAGE = """
-  const app = document.querySelector("[data-testid='stApp']");
-  if (!app || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-  const errors = document.querySelectorAll("[data-testid='stAlertContentError']").length;
-  const images = document.querySelectorAll("[data-testid='stImage']").length;
+  const s = (""" + SNAPSHOT_JS + """)({detail: true, count: 4, name});
   const chips = document.querySelectorAll("[data-testid='stFileChipDeleteBtn']").length;
-  const showing = (name) => images >= 4 && [...document.querySelectorAll(
-      "[data-testid='stCaptionContainer']")].some(c => c.innerText.trim() === "Image: " + name);
 """
 # The page has settled on the outcome of uploading `name`: the run is over and either an
 # error or that file's figures (under its "Image: <name>" caption) are up.
-OUTCOME = "(name) => {" + _PAGE + "  return errors > 0 || showing(name);\n}"
+OUTCOME = "(name) => {" + _PAGE + "  return s.ended && (s.errors > 0 || s.settled);\n}"
 # The page is back at the default example: the run is over, no error, the example's figures;
 # and, unless `keepChip`, no file left in the uploader (its chip is gone).
-SHOWING_EXAMPLE = ("([example, keepChip]) => {" + _PAGE
-                   + "  return errors === 0 && (keepChip || chips === 0) && showing(example);\n}")
+SHOWING_EXAMPLE = ("([name, keepChip]) => {" + _PAGE
+                   + "  return s.settled && s.errors === 0 && (keepChip || chips === 0);\n}")
 
 
 # ---- files (all built here) ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The served app as a public replica: honest readiness, metrics, an upload cap per session,
 memory bounded under 40 MP uploads, and a page that says when its upload was lost.
 
-Each test starts the real server (`streamlit run app/serve.py`, tests/apphost.py); the browser
+Each test starts the real server (`streamlit run app/serve.py`, harness/apphost.py); the browser
 tests drive Debian's chromium through Playwright.
 """
 
@@ -15,7 +15,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from apphost import (
+from PIL import Image
+
+from harness.apphost import (
     CHROMIUM,
     alerts,
     chromium,
@@ -28,7 +30,6 @@ from apphost import (
     upload,
     wait_images,
 )
-from PIL import Image
 
 LOST = "Your uploaded image was lost with the server it was on; please upload it again."
 RELOADED = "Your uploaded image is not kept when the page is reloaded; please upload it again."

@@ -1,15 +1,16 @@
-"""Drive the real app: `streamlit run` on 127.0.0.1 and Debian's chromium through Playwright.
+"""Drive the real app: `streamlit run` on 127.0.0.1 and Debian's chromium through Playwright."""
 
-Shared by the browser tests and by the benchmarks (which put `tests/` on `sys.path`), so that
-all of them start, wait for and talk to the app the same way. Setting `SIMAM_VIZ_URL` points
-every user of `serve()` at an app that is already running (the Docker container of
-`make docker-smoke`) instead of starting one.
-"""
+# Shared by the browser tests, the benchmarks and scripts/deploy_probe.py (which put the
+# repository root on `sys.path`), so that all of them start, wait for and talk to the app the
+# same way; when a run has ended is decided in `harness.runstate`. Setting `SIMAM_VIZ_URL`
+# points every user of `serve()` at an app that is already running (the Docker container of
+# `make docker-smoke`) instead of starting one.
 
 from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from localhttp import closed_port
 from PIL import Image
+
+from harness.runstate import wait_settled
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -29,10 +31,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
 
-free_port = closed_port  # a TCP port on loopback that nothing listens on right now
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (the server takes it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
@@ -83,6 +88,7 @@ def start_app(checkpoints: Path | None = None, *, env: dict[str, str] | None = N
 
 
 def stop_app(proc: subprocess.Popen) -> None:
+    """Stop a server of ``start_app``: SIGTERM, then SIGKILL after 10 s."""
     proc.terminate()
     try:
         proc.wait(10)
@@ -145,33 +151,26 @@ def png_bytes(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
 
 
 def idle(page, timeout: float = 180_000) -> None:
-    """Wait until the script run the last interaction started has finished."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector(IDLE, timeout=timeout)
+    """Wait until the script run the last interaction started has finished (its figures
+    need not have loaded)."""
+    page.wait_for_timeout(300)  # the interaction's run may not have started yet
+    wait_settled(page, figures=False, timeout_ms=timeout)
 
 
 # the file each page uploaded last: its figures are the ones to wait for (the page already
 # shows the default example's figures, so "some figures" is not enough)
 _UPLOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-FIGURES_OF = """([count, name]) => {
-  const app = document.querySelector("[data-testid='stApp']");
-  if (!app || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-  if (document.querySelectorAll("[data-testid='stImage']").length < count) return false;
-  if (name === null) return true;
-  return [...document.querySelectorAll("[data-testid='stCaptionContainer']")]
-    .some(c => c.innerText.trim() === "Image: " + name);
-}"""
 
 
 def wait_images(page, count: int = 4, timeout: float = 300_000) -> None:
-    """Wait until the figures of the last upload (its "Image: name" caption) are on the page
-    and the run has ended."""
-    page.wait_for_function(FIGURES_OF, arg=[count, _UPLOADED.get(page)], timeout=timeout,
-                           polling=50)
+    """Wait until the figures of the last upload (its "Image: name" caption) are on the page,
+    every visible image has loaded, and the run has ended."""
+    wait_settled(page, count=count, name=_UPLOADED.get(page), timeout_ms=timeout)
     idle(page, timeout)
 
 
 def upload(page, name: str, data: bytes, mime: str = "image/png") -> None:
+    """Hand ``data`` to the page's file uploader as the file ``name``."""
     _UPLOADED[page] = name
     page.locator("input[type=file]").set_input_files(
         files=[{"name": name, "mimeType": mime, "buffer": data}]

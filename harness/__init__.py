@@ -1,0 +1,1 @@
+"""Drive the real app from outside (server, browser, run state) for tests, benchmarks, scripts."""
