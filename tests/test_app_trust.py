@@ -1,5 +1,5 @@
 """The Trust view (AppTest) and the pictures it draws and exports
-(``simam_viz.rendering.trust_figures``).
+(``simam_viz.rendering.trust_charts``, ``trust_figures`` and ``pictures.sanity_strip``).
 
 The view's numbers must be exactly those of ``faithfulness`` and ``sanity_check`` called
 directly on the same model, image, target and lambda; the check runs only on request, once
@@ -19,7 +19,8 @@ from helpers import run_page
 from simam_viz import load_model
 from simam_viz.engine.trust import SANITY_LAYERS, SCORES, faithfulness, sanity_check
 from simam_viz.images import load_image
-from simam_viz.rendering import trust_figures
+from simam_viz.rendering import trust_charts, trust_figures
+from simam_viz.rendering.pictures import sanity_strip
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "app" / "examples" / "scene_dog_3.png"
 
@@ -104,17 +105,17 @@ def test_charts_carry_the_curves_and_the_cascade(tiny_model_and_image) -> None:
     model, image = tiny_model_and_image
     faith = faithfulness(model, image)
     steps = sanity_check(model, image)
-    curves = trust_figures.curves_chart(faith)
+    curves = trust_charts.curves_chart(faith)
     assert [t.name for t in curves.data] == [f"deletion (AUC {faith['deletion_auc']:.3f})",
                                              f"insertion (AUC {faith['insertion_auc']:.3f})"]
     assert np.allclose(curves.data[0].y, faith["deletion_curve"])
     assert np.allclose(curves.data[1].x, np.linspace(0, 1, 21))
-    cascade = trust_figures.sanity_chart(steps)
+    cascade = trust_charts.sanity_chart(steps)
     assert list(cascade.data[0].x) == list(SANITY_LAYERS)
     spearman = [s.spearman for s in steps]
     assert all((a is None and math.isnan(b)) or a == pytest.approx(b)
                for a, b in zip(cascade.data[0].y, spearman, strict=True))
-    strip = trust_figures.sanity_strip(np.zeros((32, 32, 3), np.uint8), steps[0].cam, steps)
+    strip = sanity_strip(np.zeros((32, 32, 3), np.uint8), steps[0].cam, steps)
     band = max(12, 32 // 9)
     assert strip.shape == (2 * (band + 32 + 3) - 3, 10 * 35 - 3, 3)  # 19 panels, 10 a row
     png = trust_figures.trust_figure(np.zeros((32, 32, 3), np.uint8), steps[0].cam, faith, steps)

@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 from simam_viz.engine.neuron import explain_from_arrays, weight_curve
 from simam_viz.rendering.figures import figure_to_png, png_size
 from simam_viz.rendering.neuron_charts import (
-    CURVE_POINTS,
     MAX_SIDE_3D,
     channel_map,
     neuron_from_selection,
@@ -26,6 +25,7 @@ from simam_viz.rendering.neuron_charts import (
     weights_3d,
     weights_3d_data,
 )
+from simam_viz.rendering.neuron_data import CURVE_POINTS
 from simam_viz.rendering.neuron_figures import (
     HEADER,
     PANEL_H,

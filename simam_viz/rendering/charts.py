@@ -1,5 +1,7 @@
 """Interactive plotly charts (pure functions of arrays) for the app's Channels view.
 
+The matplotlib counterparts for export are in :mod:`simam_viz.rendering.figures`.
+
 Maps are downsampled before they reach the browser: plotly serialises every value to JSON.
 """
 
@@ -8,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["channel_bars", "channel_maps", "tile_channels"]
+from simam_viz.rendering.pictures import tile_channels
+
+__all__ = ["channel_bars", "channel_maps"]
 
 MAX_SIDE = 32
 
@@ -16,23 +20,6 @@ MAX_SIDE = 32
 def _downsample(maps: np.ndarray) -> np.ndarray:
     step = max(1, int(np.ceil(max(maps.shape[-2:]) / MAX_SIDE)))
     return maps[..., ::step, ::step]
-
-
-def tile_channels(maps: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` maps (k x h x w) tiled ``cols`` a row with a one-cell NaN gap between tiles.
-
-    Returns the tiled values and, at the same places, the index (0..k-1) of the map each cell
-    came from (-1 in the gaps).
-    """
-    k, h, w = maps.shape
-    rows = -(-k // cols)
-    values = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan, np.float32)
-    which = np.full(values.shape, -1, np.int64)
-    for i in range(k):
-        top, left = (i // cols) * (h + 1), (i % cols) * (w + 1)
-        values[top : top + h, left : left + w] = maps[i]
-        which[top : top + h, left : left + w] = i
-    return values, which
 
 
 def channel_maps(weights: np.ndarray, means: np.ndarray, *, top_k: int = 8,

@@ -2,8 +2,9 @@
 
 The app's "Explain SimAM" view draws these from what :mod:`simam_viz.engine.neuron` computed; the
 matplotlib panels of :mod:`simam_viz.rendering.neuron_figures` draw the same data (the ``*_data``
-helpers below), so the exported PNG and the screen cannot disagree. Nothing here runs a
-model, so moving a lambda slider or clicking another neuron only redraws.
+helpers of :mod:`simam_viz.rendering.neuron_data`), so the exported PNG and the screen cannot
+disagree. Nothing here runs a model, so moving a lambda slider or clicking another neuron
+only redraws.
 
 * :func:`channel_map`: one channel's h x w map as a grid of square *scatter* markers, not a
   heat map: Streamlit's ``st.plotly_chart(..., on_select="rerun")`` returns nothing for a
@@ -20,21 +21,25 @@ model, so moving a lambda slider or clicking another neuron only redraws.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from simam_viz.engine.neuron import weight_curve
+from simam_viz.rendering.neuron_data import (
+    check_position,
+    check_values,
+    curve_data,
+    histogram_data,
+    line_data,
+)
+from simam_viz.rendering.pictures import check_count
 
 __all__ = [
-    "CURVE_POINTS",
     "MAX_SIDE_3D",
     "channel_map",
-    "curve_data",
-    "histogram_data",
-    "line_data",
     "neuron_from_selection",
     "separating_line_chart",
     "weight_curve_chart",
@@ -54,37 +59,10 @@ stages 3-4 of the demo models (11 x 11) and of a full-width ResNet-50 (14 x 14, 
 whole and strides the larger grids by 2 or 3 (the title and hover say so), so the browser
 gets at most ``top_k * 24 * 24`` markers.
 """
-CURVE_POINTS = 241  # samples of the weight curve: smooth at any zoom, a few kB of JSON
 MAP_HEIGHT = 420  # px; channel_map sizes its square markers from this
 _MAP_MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 _TARGET = "#d62728"
 _OTHERS = "#1f77b4"
-
-
-# --- validation (one line each, like simam_viz.rendering.figures) ---------------------------
-
-
-def _array(values: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    """A finite, non-empty float64 array (of ``ndim`` dimensions if given), or a one-line
-    ValueError: NaN would draw as a gap and hide the neuron being explained."""
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a numeric array") from None
-    if (ndim is not None and arr.ndim != ndim) or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} has NaN or infinite values")
-    return arr
-
-
-def _position(chosen: Sequence[int] | None, shape: tuple[int, int]) -> tuple[int, int] | None:
-    if chosen is None:
-        return None
-    y, x = (int(v) for v in chosen)
-    if not (0 <= y < shape[0] and 0 <= x < shape[1]):
-        raise ValueError(f"chosen neuron {(y, x)} is outside the {shape[0]}x{shape[1]} grid")
-    return y, x
 
 
 # --- the channel map ------------------------------------------------------------------------
@@ -110,9 +88,9 @@ def channel_map(
     (a click on a marker selects it in either case). Grids above
     4096 cells use WebGL (``Scattergl``), which Streamlit can select too.
     """
-    arr = _array(weights_hw, "weights_hw", 2)
+    arr = check_values(weights_hw, "weights_hw", 2)
     height, width = arr.shape
-    pos = _position(chosen, (height, width))
+    pos = check_position(chosen, (height, width))
     rows, cols = np.divmod(np.arange(arr.size), width)
     plot_px = MAP_HEIGHT - _MAP_MARGIN["t"] - _MAP_MARGIN["b"]
     size = max(2.0, 0.96 * plot_px / max(height, width))
@@ -160,33 +138,6 @@ def neuron_from_selection(selection: Any, shape: tuple[int, int]) -> tuple[int, 
 
 
 # --- the separating line (Eqn 2) ------------------------------------------------------------
-
-
-def line_data(explanation: Mapping[str, Any]) -> dict[str, Any]:
-    """What the separating-line charts draw, from an :func:`~simam_viz.engine.neuron.explain_neuron`
-    mapping: the others' values, the target, and the line ``w x + b`` sampled at its ends,
-    its zero crossing (``threshold``, NaN when there is none on the chart) and ``t`` (so the
-    chart holds ``w t + b`` exactly).
-    """
-    values = _array(explanation["values"], "values", 2)
-    y, x = int(explanation["y"]), int(explanation["x"])
-    t = float(explanation["t"])
-    others = np.delete(values.ravel(), y * values.shape[1] + x)
-    w, b = float(explanation["w"]), float(explanation["b"])
-    lo, hi = float(min(values.min(), t)), float(max(values.max(), t))
-    pad = 0.08 * (hi - lo) if hi > lo else 1.0
-    xs = [lo - pad, hi + pad, t]
-    threshold = float(explanation.get("threshold", float("nan")))
-    if not (np.isfinite(threshold) and lo - pad <= threshold <= hi + pad):
-        threshold = float("nan")  # no crossing (w = 0), or one off the chart
-    else:
-        xs.append(threshold)
-    line_x = np.unique(np.asarray(xs, dtype=np.float64))
-    rows, cols = np.divmod(np.delete(np.arange(values.size), y * values.shape[1] + x),
-                           values.shape[1])
-    return {"t": t, "others": others, "others_yx": np.stack([rows, cols], axis=1),
-            "w": w, "b": b, "line_x": line_x, "line_y": w * line_x + b,
-            "threshold": threshold, "fit_t": w * t + b, "x_range": (lo - pad, hi + pad)}
 
 
 def separating_line_chart(explanation: Mapping[str, Any]) -> go.Figure:
@@ -250,31 +201,6 @@ def separating_line_chart(explanation: Mapping[str, Any]) -> go.Figure:
 # --- the weight curve (Eqns 5-6) ------------------------------------------------------------
 
 
-def curve_data(
-    values: np.ndarray, mean: float, variance: float, lam: float, t: float,
-    *, points: int = CURVE_POINTS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(t_grid, weight_curve(t_grid, mean, variance, lam))`` over the channel's range.
-
-    The grid spans the values, ``t`` and the mean with a margin of a tenth of that span, and
-    holds ``t`` itself so the curve passes exactly through the chosen neuron's weight.
-    """
-    vals = _array(values, "values").ravel()
-    lo = min(float(vals.min()), float(t), float(mean))
-    hi = max(float(vals.max()), float(t), float(mean))
-    pad = 0.1 * (hi - lo) if hi > lo else 1.0
-    grid = np.union1d(np.linspace(lo - pad, hi + pad, points), [float(t)])
-    return grid, weight_curve(grid, mean, variance, lam)
-
-
-def histogram_data(values: np.ndarray, bins: int | None = None) -> tuple[np.ndarray, ...]:
-    """``(centres, counts, widths)`` of the channel's values; ``sqrt(M)`` bins, 5 to 40."""
-    vals = np.asarray(values, dtype=np.float64).ravel()
-    bins = bins or int(np.clip(round(np.sqrt(vals.size)), 5, 40))
-    counts, edges = np.histogram(vals, bins=bins)
-    return (edges[:-1] + edges[1:]) / 2, counts, np.diff(edges)
-
-
 def weight_curve_chart(
     values: np.ndarray,
     mean: float,
@@ -294,7 +220,7 @@ def weight_curve_chart(
     ``lam`` the model's curve is drawn dashed for comparison. Note the neurons do not move
     with ``lam``: only the curve does (the model would see other inputs at another lambda).
     """
-    vals = _array(values, "values").ravel()
+    vals = check_values(values, "values").ravel()
     grid, curve = curve_data(vals, mean, variance, lam, t)
     centres, counts, widths = histogram_data(vals)
     weight_t = float(weight_curve(t, mean, variance, lam))
@@ -349,9 +275,7 @@ def weights_3d_data(
     means = np.asarray(means, dtype=np.float64).ravel()
     if means.shape != (arr.shape[0],):
         raise ValueError(f"need {arr.shape[0]} channel means, got {means.shape[0]}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    k = min(int(top_k), arr.shape[0])
+    k = min(check_count(top_k, "top_k"), arr.shape[0])
     order = np.argsort(-means, kind="stable")[:k]
     step = max(1, -(-max(arr.shape[1:]) // max_side))
     rows = np.arange(0, arr.shape[1], step)

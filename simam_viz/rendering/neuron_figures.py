@@ -1,8 +1,8 @@
 """Matplotlib panels that explain one SimAM neuron, for export (PNG) rather than the screen.
 
 The same three views as the app's plotly charts (:mod:`simam_viz.rendering.neuron_charts`),
-drawn from
-the same data helpers so an exported figure matches what was on screen:
+drawn from the same data helpers (:mod:`simam_viz.rendering.neuron_data`) so an exported
+figure matches what was on screen, without loading plotly:
 
 * :func:`channel_map_figure`: the channel's map with the neuron outlined;
 * :func:`separating_line_figure`: Eqn (2)'s best line between the target (+1) and the
@@ -33,14 +33,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from simam_viz.engine.neuron import weight_curve
-from simam_viz.rendering.figures import _colormap
-from simam_viz.rendering.neuron_charts import (
-    _array,
-    _position,
+from simam_viz.rendering.neuron_data import (
+    check_position,
+    check_values,
     curve_data,
     histogram_data,
     line_data,
 )
+from simam_viz.rendering.pictures import resolve_colormap
 
 __all__ = [
     "HEADER",
@@ -94,7 +94,7 @@ def _legend(ax: Axes, handles: list[Any] | None = None) -> None:
 
 def _draw_map(ax: Axes, values: np.ndarray, chosen: tuple[int, int] | None, *, title: str,
               label: str, colormap: Any) -> None:
-    shown = ax.imshow(values, cmap=_colormap(colormap), interpolation="nearest")
+    shown = ax.imshow(values, cmap=resolve_colormap(colormap), interpolation="nearest")
     if chosen is not None:
         y, x = chosen
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor=_TARGET,
@@ -179,8 +179,8 @@ def channel_map_figure(
     Size: ``PANEL_W`` x ``PANEL_H`` inches. Raises ``ValueError`` (one line) for a map that
     is not a finite 2-D array or a position outside it.
     """
-    values = _array(weights_hw, "weights_hw", 2)
-    pos = _position(chosen, values.shape)
+    values = check_values(weights_hw, "weights_hw", 2)
+    pos = check_position(chosen, values.shape)
     fig = _new_figure(PANEL_W, PANEL_H)
     default = "channel map" + (f", neuron ({pos[0]}, {pos[1]})" if pos else "")
     _draw_map(_panel_axes(fig, 0), values, pos, title=title or default, label=label,
@@ -216,7 +216,7 @@ def weight_curve_figure(
 
     Size: ``PANEL_W`` x ``PANEL_H`` inches.
     """
-    vals = _array(values, "values").ravel()
+    vals = check_values(values, "values").ravel()
     fig = _new_figure(PANEL_W, PANEL_H)
     _draw_curve(_panel_axes(fig, 0), vals, float(mean), float(variance), float(lam), float(t),
                 lam_model)
@@ -255,12 +255,12 @@ def explain_figure(explanation: Mapping[str, Any], *, lam: float | None = None) 
     fig = _new_figure(3 * PANEL_W, PANEL_H + HEADER)
     has_weights = explanation.get("weights") is not None
     shown = explanation["weights"] if has_weights else explanation["values"]
-    values = _array(shown, "map", 2)
-    pos = _position((explanation["y"], explanation["x"]), values.shape)
+    values = check_values(shown, "map", 2)
+    pos = check_position((explanation["y"], explanation["x"]), values.shape)
     _draw_map(_panel_axes(fig, 0), values, pos, title="channel map",
               label="SimAM weight" if has_weights else "value", colormap="viridis")
     _draw_line(_panel_axes(fig, 1), explanation)
-    _draw_curve(_panel_axes(fig, 2), _array(explanation["values"], "values").ravel(),
+    _draw_curve(_panel_axes(fig, 2), check_values(explanation["values"], "values").ravel(),
                 float(explanation["mean"]), float(explanation["variance"]), lam,
                 float(explanation["t"]), lam_model)
     fig.suptitle(_headline(explanation), fontsize=_FONT + 1, y=1 - 0.08 / fig.get_figheight(),

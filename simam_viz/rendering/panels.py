@@ -21,7 +21,7 @@ import numpy as np
 from simam_viz.engine.analysis import Analysis
 from simam_viz.networks.kinds import AttentionKind
 from simam_viz.networks.models import DEFAULT_BLOCK
-from simam_viz.rendering.figures import overlay
+from simam_viz.rendering.pictures import overlay
 
 __all__ = [
     "FIGURE1_BLOCK",

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from simam_viz.engine.attention_shapes import SHARES, ShapeSummary, shape_summary
 from simam_viz.networks.kinds import SHAPES
+from simam_viz.rendering.jsonsafe import to_json_safe
 
 __all__ = ["COLUMNS", "shapes_figure", "shapes_report", "summaries"]
 
@@ -116,10 +117,5 @@ def _shares_panel(ax, s: ShapeSummary) -> None:
 
 def shapes_report(models: ModelWeights, *, block: str) -> dict[str, object]:
     """The Attention shapes numbers as JSON-safe values (NaN shares become None)."""
-    out: dict[str, object] = {"block": block, "shape_meanings": dict(SHAPES), "models": {}}
-    for name, s in summaries(models):
-        report = s.report()
-        report["variance_shares"] = {k: (None if np.isnan(v) else v)
-                                     for k, v in s.variance.items()}
-        out["models"][name] = report  # type: ignore[index]
-    return out
+    return to_json_safe({"block": block, "shape_meanings": dict(SHAPES),
+                         "models": {name: s.report() for name, s in summaries(models)}})

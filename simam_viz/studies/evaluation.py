@@ -40,6 +40,7 @@ from simam_viz.errors import SimamVizError
 from simam_viz.images import load_image
 from simam_viz.networks.models import DEFAULT_BLOCK
 from simam_viz.networks.preprocess import Preprocessing
+from simam_viz.rendering.jsonsafe import to_json_safe
 from simam_viz.studies.distributed import Shard
 from simam_viz.studies.localization import energy_in_mask, iou_at, mask_from_boxes, pointing_game
 
@@ -382,22 +383,11 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN (a flat map's correlation) as null: JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
-
-
 def write_per_image(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Every row, per-image values and cascades included, as one JSON document (NaN as null),
     so bootstraps, other statistics or figures can be redone without re-running the models."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"format": "simam-viz-evaluation", "version": 1, "rows": _json_ready(list(rows))}
-    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
+    document = {"format": "simam-viz-evaluation", "version": 1, "rows": list(rows)}
+    path.write_text(json.dumps(to_json_safe(document), allow_nan=False) + "\n", encoding="utf-8")
     return path

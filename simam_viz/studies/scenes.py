@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from simam_viz.errors import SimamVizError
+from simam_viz.rendering.jsonsafe import to_json_safe
 
 __all__ = ["CLASSES", "CLASS_NAMES", "FONT_PATH", "GENERATOR_VERSION", "PHOTOS", "Scene",
            "SceneGenerator", "gallery_examples", "generate_dataset"]
@@ -431,7 +432,8 @@ def generate_dataset(
                 _write_one(gen, out, split, index)
                 bar.update()
     bar.close()
-    (out / "meta.json").write_text(json.dumps(gen.meta(counts), indent=2) + "\n")
+    meta = to_json_safe(gen.meta(counts))
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     LOG.info("wrote %d scenes to %s", sum(counts.values()), out)
     return out
 
