@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent
 SHIPPED = {
     "checkpoints": ("checkpoints", ["registry.json", "demo/*.safetensors", "demo/*.json",
                                     "demo/SHA256SUMS"]),
-    "app": ("app", ["*.py", "examples/*.png", "examples/*.jpg"]),
+    "app": ("app", ["*.py", "views/*.py", "examples/*.png", "examples/*.jpg"]),
     "streamlit": (".streamlit", ["config.toml"]),
 }
 

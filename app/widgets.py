@@ -38,7 +38,7 @@ def default_index(stage: int) -> int:
 
 
 def choose_block() -> str:
-    """Stage and block pickers, shared by the SimAM and Channels views (state survives)."""
+    """Stage and block pickers, shared by every view that shows one block (state survives)."""
     c1, c2 = st.columns(2)
     kept("stage", DEFAULT_STAGE)
     # radio, not a select box: one click is the change (a drop-down costs a second step and

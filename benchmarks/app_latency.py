@@ -26,7 +26,7 @@ the machine used meanwhile: a shared 2-core machine makes every number here larg
 Rows: upload (a new 400x300 image each time: a bundled scene, resized and tinted per round),
 overlay alpha (ArrowRight on the focused slider), colour map, shared scale, class shown again
 (computed once untimed, back to top-1, then timed), view switch (tab click), stage and block
-(Inside SimAM), top-k (Channels); ``--cold`` (default): a fresh server per try, timed from
+(Inside attention), top-k (Channels); ``--cold`` (default): a fresh server per try, timed from
 the moment /_stcore/health first answers to the first page's figures settled, 3 tries.
 ``--full`` runs everything again on three full-size ImageNet ResNet-50s with random weights
 and the official key layouts (tests/layouts.py), offered by the app as user files.
@@ -60,85 +60,56 @@ from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from apphost import CHROMIUM, CHROMIUM_ARGS, IDLE, start_app, stop_app  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the repository root: harness/, tests/layouts.py, simam_viz/
+from harness.apphost import CHROMIUM, CHROMIUM_ARGS, start_app, stop_app  # noqa: E402
+from harness.runstate import IDLE, OBSERVER_JS  # noqa: E402
 
 EXAMPLES = ROOT / "app" / "examples"
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma"]
 TOP1 = "Each model's top-1"
-VIEWS = ["Compare models", "Inside SimAM", "Channels"]  # the views with figures
+VIEWS = ["Compare models", "Inside attention", "Channels"]  # the views with figures
 BLOCKS_PER_STAGE = {1: 3, 2: 4, 3: 6, 4: 3}
 ALPHA_STEPS = 20  # 0..1 in steps of 0.05
 TRACE_CATEGORIES = ["devtools.timeline", "blink", "v8"]
 
-# Installed before any page script: counts ended runs, captures the time of the user's
-# action, and decides "settled" every 4 ms. Times are epoch milliseconds (timeOrigin + now),
-# comparable with Python's time.time() on the same machine (used for the cold start).
+# Installed before any page script, after harness.runstate's observer (which counts the runs
+# and Streamlit's websocket messages and decides which figures are still loading): captures
+# the time of the user's action and the armed action's run start and end, and decides
+# "settled" every 4 ms. Times are epoch milliseconds (timeOrigin + now), comparable with
+# Python's time.time() on the same machine (used for the cold start).
 WATCH_JS = r"""
 (() => {
   if (window.__bench) return;
   const now = () => performance.timeOrigin + performance.now();
-  const B = window.__bench = {runs: 0, result: null, armed: null, msgs: 0, lastMsg: 0};
-  // Streamlit's messages: a run whose start and end reach the page in one frame never shows
-  // "running"; the fallback below then takes a quiet websocket as the end of the run
-  const WS = window.WebSocket;
-  window.WebSocket = class extends WS {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("message", () => { B.msgs++; B.lastMsg = now(); });
-    }
-  };
-  const appEl = () => document.querySelector("[data-testid='stApp']");
-  const state = () => {
-    const a = appEl();
-    return a ? a.getAttribute("data-test-script-state") : null;
-  };
-  const attach = () => {
-    const app = appEl();
-    if (!app) { setTimeout(attach, 2); return; }
-    new MutationObserver((records) => {
-      records.forEach((r, i) => {
-        const value = i + 1 < records.length ? records[i + 1].oldValue : state();
-        const a = B.armed;
-        if (value === "running" && r.oldValue !== "running" && a && a.runStart === null)
-          a.runStart = now();
-        if (r.oldValue === "running" && value !== "running") {
-          B.runs++;
-          if (a) a.runEnd = now();
-        }
-      });
-    }).observe(app, {attributes: true, attributeOldValue: true,
-                     attributeFilter: ["data-test-script-state"]});
-  };
-  attach();
+  const R = window.__runstate;
+  const B = window.__bench = {result: null, armed: null};
+  R.listeners.push((what, t) => {
+    const a = B.armed;
+    if (!a) return;
+    if (what === "start" && a.runStart === null) a.runStart = t;
+    if (what === "end") a.runEnd = t;
+  });
   const hash = (s) => {  // FNV-1a
     let h = 2166136261;
     for (let i = 0; i < s.length; i++) { h ^= s.charCodeAt(i); h = Math.imul(h, 16777619); }
     return (h >>> 0).toString(16) + ":" + s.length;
   };
   const plotSig = new WeakMap();
-  const shown = (el) => el.getClientRects().length > 0;
-  // the figures on the page (image URLs are content hashes) and whether all have arrived
+  // the figures on the page (image URLs are content hashes, plotly charts a hash of their
+  // data) and, from the observer's snapshot, the run state and what is still loading
   B.figures = () => {
-    const sigs = [], pending = [];
-    const imgs = Array.from(document.querySelectorAll("img"));
-    for (const img of imgs) {
-      if (img.closest("[data-testid='stImage']")) sigs.push("img:" + (img.currentSrc || img.src));
-      if (shown(img) && !(img.complete && img.naturalWidth > 0))
-        pending.push("img " + img.src.slice(-40));
-    }
+    const snap = R.snapshot({charts: true});
+    const sigs = [];
+    for (const img of document.querySelectorAll("[data-testid='stImage'] img"))
+      sigs.push("img:" + (img.currentSrc || img.src));
     for (const gd of document.querySelectorAll(".js-plotly-plot")) {
       const data = gd.data;
-      if (!data || !gd._fullData || gd._fullData.length !== data.length
-          || gd._fullData.some((t, i) => t._input !== data[i]) || !gd.querySelector(".main-svg")) {
-        pending.push("plotly"); continue;
-      }
+      if (!data) continue;  // not drawn yet: the snapshot's pending says so
       let sig = plotSig.get(data);
       if (sig === undefined) { sig = "plot:" + hash(JSON.stringify(data)); plotSig.set(data, sig); }
       sigs.push(sig);
     }
-    const images = document.querySelectorAll("[data-testid='stImage'] img").length;
-    return {sigs, pending, images};
+    return {sigs, pending: snap.pending, images: snap.images, state: snap.state};
   };
   // lazy tabs: how many tab panels hold elements (1 expected), for the contract check
   B.panels = () => Array.from(document.querySelectorAll("[role=tabpanel]"))
@@ -152,7 +123,7 @@ WATCH_JS = r"""
     const current = B.figures().sigs;
     for (const x of current) B.everSeen.add(x);
     const before = opts.unseen ? new Set(B.everSeen) : new Set(current);
-    B.armed = {before, runs0: B.runs, msgs0: B.msgs, cand: null, minNew: opts.minNew || 0,
+    B.armed = {before, runs0: R.runs, msgs0: R.msgs, cand: null, minNew: opts.minNew || 0,
                minImages: opts.minImages || 0, t0: null, armedAt: now(), runStart: null,
                runEnd: null};
   };
@@ -170,26 +141,26 @@ WATCH_JS = r"""
     const a = B.armed;
     if (!a || B.result) return;
     const t = now();
-    if (state() !== "notRunning") { a.cand = null; return; }
     const f = B.figures();
+    if (f.state !== "notRunning") { a.cand = null; return; }
     const fresh = f.sigs.filter((s) => !a.before.has(s)).length;
     if (f.pending.length || f.images < a.minImages || fresh < a.minNew) { a.cand = null; return; }
     let settled = t, fallback = false;
-    if (B.runs <= a.runs0) {  // no "running" seen (yet)
-      if (B.msgs <= a.msgs0) return;
-      if (a.cand === null || B.lastMsg > a.cand) { a.cand = t; return; }
+    if (R.runs <= a.runs0) {  // no "running" seen (yet)
+      if (R.msgs <= a.msgs0) return;
+      if (a.cand === null || R.lastMsg > a.cand) { a.cand = t; return; }
       if (t - a.cand < QUIET_MS) return;
       settled = a.cand; fallback = true;  // the page was final when it first looked so
     }
     for (const x of f.sigs) B.everSeen.add(x);
     B.result = {t0: a.t0, event: a.event || null, armedAt: a.armedAt, settled, fallback,
                 runStart: a.runStart, runEnd: a.runEnd,
-                runs: B.runs - a.runs0, runsTotal: B.runs, fresh, images: f.images,
+                runs: R.runs - a.runs0, runsTotal: R.runs, fresh, images: f.images,
                 figures: f.sigs.length, panels: B.panels()};
   };
   B.diag = () => {
     const a = B.armed || {}, f = B.figures(), before = a.before || new Set();
-    return {state: state(), runs: B.runs, runs0: a.runs0, msgs: B.msgs, msgs0: a.msgs0,
+    return {state: f.state, runs: R.runs, runs0: a.runs0, msgs: R.msgs, msgs0: a.msgs0,
             pending: f.pending, images: f.images,
             fresh: f.sigs.filter((s) => !before.has(s)).length, minNew: a.minNew};
   };
@@ -306,9 +277,9 @@ def full_size_checkpoints(folder: Path) -> list[str]:
     with no demo/ folder the app offers them as user files.
     """
     import torch
-    from layouts import se_timm, simam_official, torchvision_layout
 
     from simam_viz.weights import catalog
+    from tests.layouts import se_timm, simam_official, torchvision_layout
 
     torch.save(torchvision_layout()[0], folder / "rn50_tv.pth")
     torch.save(se_timm()[0], folder / "se_rn50_timm.pth")
@@ -356,7 +327,8 @@ class Session:
     def __init__(self, browser, srv: Server, notes: list[str], timeout_s: float = 300) -> None:
         self.srv, self.notes, self.timeout_ms = srv, notes, timeout_s * 1000
         self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.context.add_init_script(WATCH_JS)
+        # one script, so that the observer is in place before the bench code uses it
+        self.context.add_init_script(OBSERVER_JS + "\n" + WATCH_JS)
         self.page: Page = self.context.new_page()
         self.state = {"colormap": "jet", "alpha": 10, "alpha_dir": 1, "shared": False,
                       "tab": "Compare models", "stage": 4,
@@ -372,7 +344,7 @@ class Session:
         if tab == "Channels":  # charts do not depend on colour map or alpha
             return (tab, st["stage"], st["blocks"][st["stage"]], st["topk"], st["target"])
         base = (tab, st["colormap"], st["alpha"], st["shared"], st["target"])
-        if tab == "Inside SimAM":
+        if tab == "Inside attention":
             return base + (st["stage"], st["blocks"][st["stage"]])
         return base
 
@@ -426,12 +398,12 @@ class Session:
     def after_settle(self, res: dict) -> int:
         """Wait out a run started by the settled one (e.g. an st.rerun); how many there were."""
         self.page.wait_for_timeout(150)
-        runs = self.page.evaluate("window.__bench.runs")
+        runs = self.page.evaluate("window.__runstate.runs")
         extra = runs - res["runsTotal"]
         if extra or self.page.locator(IDLE).count() == 0:
             self.page.wait_for_selector(IDLE, timeout=self.timeout_ms)
             self.page.wait_for_timeout(300)
-            extra = self.page.evaluate("window.__bench.runs") - res["runsTotal"]
+            extra = self.page.evaluate("window.__runstate.runs") - res["runsTotal"]
         return extra
 
     def measure(self, action, row: Row | None, *, min_new: int = 1, min_images: int = 0,
@@ -637,14 +609,14 @@ def run_table(browser, srv: Server, rounds: int, warmup: int, notes: list[str],
             notes.append(f"contract: {sample.panels} tab panels hold elements after opening "
                          f"{nxt} (lazy tabs: 1 expected)")
 
-    if s.state["tab"] != "Inside SimAM":
-        s.tab("Inside SimAM", None)
-    r = row("stage (Inside SimAM)", 150)
+    if s.state["tab"] != "Inside attention":
+        s.tab("Inside attention", None)
+    r = row("stage (Inside attention)", 150)
     for i in range(total):
         stage = 4 - (5 - s.state["stage"]) % 4  # 4 -> 3 -> 2 -> 1 -> 4 ...
         s.pick("Stage", str(stage), r, warm=i < warmup, stage=stage)
 
-    r = row("block slider step (Inside SimAM)", 150)
+    r = row("block slider step (Inside attention)", 150)
     for i in range(total):
         s.step_slider("Block", "block", 0, BLOCKS_PER_STAGE[s.state["stage"]] - 1, r,
                       warm=i < warmup)

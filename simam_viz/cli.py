@@ -216,11 +216,19 @@ def _only_input(inputs: Sequence[object], path: object, exc: SimamVizError) -> N
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import torch
+    """Each model's ``--top`` classes for each image, through the analysis engine.
 
-    from simam_viz.engine.analysis import model_lock
+    :func:`~simam_viz.engine.analysis.analyze` preprocesses, runs and soft-maxes exactly as
+    the app and the exports do, so ``predict`` cannot disagree with them; its backward pass
+    for the one block's map is the price of having one code path.
+    """
+    import numpy as np
+
+    from simam_viz.engine.analysis import analyze
     from simam_viz.images import load_image
 
+    if args.top < 1:
+        raise SimamVizError(f"--top must be a positive integer, got {args.top}")
     models = _load_models(args)
     skipped = 0
     for image_path in args.images:
@@ -233,15 +241,13 @@ def _predict(args: argparse.Namespace) -> int:
             continue
         print(image_path)
         for model in models:
-            info = model.simam_viz
-            x = info.preprocessing(image).to(next(model.parameters()).device)
-            with model_lock(model), torch.inference_mode():
-                probs = torch.softmax(model(x)[0].float(), 0)
-            top = torch.topk(probs, min(args.top, probs.numel()))
-            preds = ", ".join(f"{info.class_names[i]} {p:.1%}"
-                              for p, i in zip(top.values.tolist(), top.indices.tolist(),
-                                              strict=True))
-            print(f"  {info.name}: {preds}")
+            result = analyze(model, image)
+            probs = result.probabilities
+            top = np.argsort(-probs, kind="stable")[: args.top]  # --top may exceed the 5
+            # that result.predictions keeps, so rank every class's probability
+            names = model.simam_viz.class_names
+            preds = ", ".join(f"{names[i]} {float(probs[i]):.1%}" for i in top)
+            print(f"  {result.model_name}: {preds}")
     return 1 if skipped else 0
 
 
@@ -256,7 +262,8 @@ def _figure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--figure", nargs="+", default=["all"],
-                   choices=["1", "6", "channels", "depth", "all"], help="which figures")
+                   choices=["1", "6", "channels", "depth", "shapes", "all"],
+                   help="which figures (6, channels and shapes for models with attention)")
     _model_args(p)
     _block_arg(p)
     p.add_argument("--target", help="class index or name (default: each model's top-1)")
@@ -283,11 +290,11 @@ def _expand(inputs: Sequence[str]) -> list[str]:
 
 def _figure(args: argparse.Namespace) -> int:
     from simam_viz.networks.models import validate_block
+    from simam_viz.rendering.figures import check_dpi
     from simam_viz.studies.distributed import sharded
 
     validate_block(args.block)
-    if not 30 <= args.dpi <= 1200:
-        raise SimamVizError(f"--dpi must be between 30 and 1200, got {args.dpi}")
+    check_dpi(args.dpi, "--dpi")
     if args.simam_lambda is not None and not args.simam_lambda > 0:
         raise SimamVizError(f"--lambda must be positive, got {args.simam_lambda}")
     paths = _expand(args.inputs)
@@ -371,18 +378,9 @@ def _demo_simam() -> CatalogItem:
 def _explanation_json(explanation: dict[str, object]) -> dict[str, object]:
     """The mapping without its h x w arrays (``values``, ``weights``), JSON-ready: tuples as
     lists, a NaN threshold (w = 0) as null, since JSON has no NaN."""
-    import math
+    from simam_viz.rendering.jsonsafe import to_json_safe
 
-    out = {}
-    for key, value in explanation.items():
-        if key in ("values", "weights"):
-            continue
-        if isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = None
-        out[key] = value
-    return out
+    return to_json_safe({k: v for k, v in explanation.items() if k not in ("values", "weights")})
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -397,15 +395,17 @@ def _explain(args: argparse.Namespace) -> int:
     validate_block(args.block)
     if args.simam_lambda is not None and not args.simam_lambda > 0:
         raise SimamVizError(f"--lambda must be positive, got {args.simam_lambda}")
-    if args.out and not 30 <= args.dpi <= 1200:
-        raise SimamVizError(f"--dpi must be between 30 and 1200, got {args.dpi}")
+    if args.out:
+        from simam_viz.rendering.figures import check_dpi
+
+        check_dpi(args.dpi, "--dpi")
     image = load_image(args.image)  # a bad image fails before a model is loaded
     item = resolve(args.checkpoint) if args.checkpoint else _demo_simam()
     model = load(item, str(resolve_device(args.device)))
     explanation = explain_neuron(model, image, block=args.block, channel=args.channel,
                                  y=args.y, x=args.x, simam_lambda=args.simam_lambda)
     result = _explanation_json(explanation)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2, allow_nan=False))
     if args.out:
         from simam_viz.rendering.export import slug
         from simam_viz.rendering.figures import save_png, write_manifest
@@ -611,7 +611,7 @@ COMMANDS: list[Command] = [
     Command("list", "show known and present checkpoints", _list_args, _list),
     Command("fetch", "download official checkpoints (hash-verified)", _fetch_args, _fetch),
     Command("predict", "top classes of each model for images", _predict_args, _predict),
-    Command("figure", "export Figure 1/6, channel and depth figures for images",
+    Command("figure", "export Figure 1/6, channel, depth and attention-shape figures",
             _figure_args, _figure),
     Command("explain", "why SimAM gave one neuron its weight (energy, Eqns 2, 5, 6) as JSON",
             _explain_args, _explain),

@@ -73,16 +73,18 @@ def model_runs():
 def test_page_shows_every_view_and_only_the_open_one(app) -> None:
     captions = _captions(app)
     assert any(c.startswith("Device **cpu**") for c in captions)
-    assert [t.label for t in app.tabs] == ["Compare models", "Inside SimAM", "Explain SimAM",
-                                          "Channels", "Trust", "Export", "About"]
+    assert [t.label for t in app.tabs] == ["Compare models", "Inside attention",
+                                          "Attention shapes", "Explain SimAM", "Channels",
+                                          "Trust", "Export", "About"]
     assert any("1. " in m.value for m in app.markdown)  # top-5 lists
     assert _downloads(app) == []  # the Export view is not open: nothing of it is built
-    _open(app, "Inside SimAM")
+    _open(app, "Inside attention")
     assert any("λ = 0.1" in c for c in _captions(app))
     assert not any("1. " in m.value for m in app.markdown)  # Compare is not drawn now
     _open(app, "Export")
     labels = _downloads(app)
     assert "Figure 1 (PNG)" in labels and "Figure 6 (PNG)" in labels
+    assert "Attention shapes (PNG)" in labels
     assert any("zip" in label for label in labels)
     _open(app, "About")
     assert any("energy function" in m.value for m in app.markdown)
@@ -90,7 +92,7 @@ def test_page_shows_every_view_and_only_the_open_one(app) -> None:
 
 
 def test_display_changes_do_not_run_models(app, model_runs) -> None:
-    _open(app, "Inside SimAM")
+    _open(app, "Inside attention")
     app.slider(key="alpha").set_value(0.9).run()
     app.selectbox(key="colormap").select("viridis").run()
     app.checkbox(key="shared").check().run()
@@ -98,14 +100,14 @@ def test_display_changes_do_not_run_models(app, model_runs) -> None:
     assert not app.exception
     assert model_runs == []
     assert any("layer2.3" in c for c in _captions(app))
-    _open(app, "Channels")  # the block chosen in 'Inside SimAM' carries over
+    _open(app, "Channels")  # the block chosen in 'Inside attention' carries over
     app.slider(key="topk").set_value(3).run()
     assert not app.exception and model_runs == []
     assert any("layer2.3" in str(chart.proto) for chart in app.get("plotly_chart"))
 
 
 def test_target_and_lambda_recompute_once(app, model_runs) -> None:
-    _open(app, "Inside SimAM")
+    _open(app, "Inside attention")
     app.selectbox(key="target").set_value("cat").run()
     assert not app.exception and not app.error
     assert any("explaining 'cat'" in c for c in _captions(app))
@@ -127,23 +129,29 @@ def test_lambda_starts_at_the_checkpoint_lambda(tmp_path: Path, monkeypatch) -> 
     assert not at.exception and not at.error
     assert at.select_slider(key="lambda::demo/simam_resnet50").value == 0.5
     assert any("trained with λ = 0.5" in c for c in _captions(at))
-    _open(at, "Inside SimAM")
+    _open(at, "Inside attention")
     assert any("λ = 0.5" in c for c in _captions(at))
 
 
 def test_export_follows_the_selected_models(app) -> None:
-    """No Figure 6 download of a SimAM model that is no longer selected (no stale state)."""
-    _open(app, "Inside SimAM")
+    """No Figure 6 download of a model that is no longer selected (no stale state)."""
+    _open(app, "Inside attention")
     app.radio(key="stage").set_value(3).run()
     _open(app, "Export")
     labels = _downloads(app)
     assert "Figure 6 (PNG)" in labels
-    assert "Grad-CAM before SimAM · layer3.5" in labels  # the block chosen in 'Inside SimAM'
+    assert "Grad-CAM before SimAM · layer3.5" in labels  # the block chosen in 'Inside ...'
+    assert "Grad-CAM after SE · layer3.5" in labels  # every attention model's panels
     app.multiselect(key="models").set_value(["demo/resnet50", "demo/se_resnet50"]).run()
     labels = _downloads(app)
     assert not app.exception
-    assert "Figure 6 (PNG)" not in labels
+    assert "Figure 6 (PNG)" in labels and "Grad-CAM before SE · layer3.5" in labels
     assert not any("SimAM" in label for label in labels)
+    app.multiselect(key="models").set_value(["demo/resnet50"]).run()
+    labels = _downloads(app)
+    assert not app.exception
+    assert "Figure 6 (PNG)" not in labels and "Attention shapes (PNG)" not in labels
+    assert not any("Grad-CAM before" in label for label in labels)
     assert "Figure 1 (PNG)" in labels
 
 
@@ -200,6 +208,8 @@ def test_bounds_come_from_the_environment(monkeypatch) -> None:
 
 
 def test_busy_instead_of_unbounded_queue() -> None:
+    """A request that finds the only slot taken is refused after its wait, while the job
+    holding the slot still runs: it does not queue behind that job."""
     service, model = Service(max_concurrent=1, wait_s=0.2), _model()
     started = threading.Event()
     release = threading.Event()
@@ -210,15 +220,22 @@ def test_busy_instead_of_unbounded_queue() -> None:
         return analyze(*args, **kwargs)
 
     service.analyze_fn = slow
-    worker = threading.Thread(target=service.analysis, args=(cache_key("1" * 64), model, IMAGE))
+    first: list[tuple] = []
+    worker = threading.Thread(
+        target=lambda: first.append(service.analysis(cache_key("1" * 64), model, IMAGE)))
     worker.start()
-    started.wait(10)
-    t0 = time.perf_counter()
+    assert started.wait(10)  # the first job holds the only slot until `release`
     with pytest.raises(BusyError, match="retry"):
         service.analysis(cache_key("2" * 64), model, IMAGE)
-    assert time.perf_counter() - t0 < 2
+    # refused while the first job still held its slot (it cannot end before `release`):
+    # the request gave up after its wait instead of waiting for the job, and left no
+    # place in the line behind it
+    assert worker.is_alive()
+    assert service.admission.busy == 1 and service.admission.waiting == 0
+    assert service.admission.busy_replies == {"slots": 1}
     release.set()
-    worker.join()
+    worker.join(10)
+    assert not worker.is_alive() and len(first) == 1 and first[0][1] is False
     service.analyze_fn = analyze
     # the refused request left nothing behind: the next one runs, all blocks, and gives
     # exactly what the engine gives
@@ -266,21 +283,34 @@ def test_identical_requests_in_flight_run_once() -> None:
         return analyze(*args, **kwargs)
 
     service.analyze_fn = slow
-    got: list[tuple] = []
-    first = threading.Thread(
-        target=lambda: got.append(service.analysis(cache_key(), model, IMAGE)))
+    got: dict[str, tuple] = {}
+
+    def call(who: str) -> None:
+        got[who] = service.analysis(cache_key(), model, IMAGE)
+
+    first = threading.Thread(target=call, args=("first",))
     first.start()
-    entered.wait(10)
-    second = threading.Thread(
-        target=lambda: got.append(service.analysis(cache_key(), model, IMAGE)))
+    assert entered.wait(10)  # the first call is computing, and stays so until `release`
+    # The second call must find the first one in flight, not a finished result: let the
+    # first finish only once the second waits on the first's in-flight marker.
+    flight = service._inflight[cache_key()]
+    waiting, real_wait = threading.Event(), flight.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        waiting.set()
+        return real_wait(timeout)
+
+    flight.wait = wait
+    second = threading.Thread(target=call, args=("second",))
     second.start()
-    time.sleep(0.2)
+    assert waiting.wait(10)
     release.set()
     first.join(10)
     second.join(10)
-    assert len(runs) == 1
-    assert got[0][0] is got[1][0]
-    assert sorted(cached for _, cached in got) == [False, True]
+    assert len(runs) == 1  # the compute function ran once for both
+    result, cached = got["first"]
+    assert not cached and got["second"][1] is True  # the second got it as cached
+    assert got["second"][0] is result  # the first caller's very object, not a copy
 
 
 def test_model_cache_loads_each_key_once_and_is_bounded() -> None:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphost import (
+from helpers import DEFAULT_EXAMPLE
+from PIL import Image
+
+from harness.apphost import (
     CHROMIUM,
     ROOT,
     chromium,
@@ -27,9 +30,7 @@ from apphost import (
     upload,
     wait_images,
 )
-from helpers import DEFAULT_EXAMPLE
-from PIL import Image
-
+from harness.runstate import wait_settled
 from simam_viz.networks.preprocess import Preprocessing
 
 SHOTS = ROOT / "docs" / "screenshots"
@@ -94,7 +95,7 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     assert page.get_by_text("Device").count() >= 1
     crop = input_pixels(page).shape  # the Compare view's input panel (views are lazy)
     _shot(page, "compare")
-    page.get_by_role("tab", name="Inside SimAM").click()
+    page.get_by_role("tab", name="Inside attention").click()
     _stage(page, "2")
     assert page.get_by_text("layer2.3", exact=False).count() >= 1
     _shot(page, "inside_simam")
@@ -155,16 +156,10 @@ class ServerLog:
         return data.decode("utf-8", "replace").splitlines()
 
 
-SETTLED = """() => {
-  const app = document.querySelector("[data-testid='stApp']");
-  return app && app.getAttribute("data-test-script-state") === "notRunning"
-    && [...document.images].every(i => i.complete && i.naturalWidth > 0);
-}"""
-
-
 def _settle(page) -> None:
-    page.wait_for_timeout(400)
-    page.wait_for_function(SETTLED, timeout=120_000, polling=50)
+    """The run the last action started has ended and every visible image has loaded."""
+    page.wait_for_timeout(400)  # the action's run may not have started yet
+    wait_settled(page, timeout_ms=120_000)
 
 
 def test_display_changes_run_no_model_and_only_the_open_view_renders(server: str,
@@ -203,10 +198,12 @@ def test_display_changes_run_no_model_and_only_the_open_view_renders(server: str
     changed(lambda: _select(page, "Colour map", "viridis"), "Compare models")
     changed(lambda: page.get_by_text("One colour scale for all models").click(),
             "Compare models")
-    changed(lambda: page.get_by_role("tab", name="Inside SimAM").click(), "Inside SimAM")
-    assert page.locator("[data-testid='stImage']").count() == 5  # 4 panels + depth strip
+    changed(lambda: page.get_by_role("tab", name="Inside attention").click(),
+            "Inside attention")
+    # SE's 2 panels, SimAM's 4, and one depth strip
+    assert page.locator("[data-testid='stImage']").count() == 7
     assert page.get_by_text("Compare models (the paper", exact=False).count() == 0
-    changed(lambda: _stage(page, "2"), "Inside SimAM")
+    changed(lambda: _stage(page, "2"), "Inside attention")
     assert page.get_by_text("layer2.3", exact=False).count() >= 1
     changed(lambda: page.get_by_role("tab", name="Channels").click(), "Channels")
     assert page.locator("[data-testid='stImage']").count() == 0
@@ -247,6 +244,14 @@ def test_explain_simam_click_a_neuron_and_trust_check(server: str, browser) -> N
     heading = _neuron_heading(page)
     assert heading.startswith(f"Neuron ({corner[0]}, {corner[1]}) of channel"), (first, heading)
     assert page.locator(".katex").count() >= 4  # Eqns (5), (6), (2) with numbers
+    page.set_viewport_size({"width": 1100, "height": 1000})
+    _settle(page)
+    for part in page.locator(".katex-display .base").all():  # each line's typeset boxes
+        column = part.locator("xpath=ancestor::div[@data-testid='stColumn'][1]")
+        box, edge = part.bounding_box(), column.bounding_box()
+        print("KATEX", box, edge)
+        assert box is not None and edge is not None
+        assert box["x"] + box["width"] <= min(1100, edge["x"] + edge["width"]) + 1, (box, edge)
     assert "Traceback" not in page.content()
     _shot(page, "explain_simam")
     page.get_by_role("tab", name="Trust").click()

@@ -69,7 +69,7 @@ def test_figure_batch(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch,
     assert simam["lambda"] == 0.1 and "torch" in manifest["versions"]
     arrays = np.load(out / "a_SimAM-ResNet-50-demo.npz")
     assert arrays["cam__layer4.2__attention"].shape == (64, 64)
-    assert arrays["attention_weights__layer4.2__full"].shape[0] == 64  # conv2 of layer4: 512 * 0.125
+    assert arrays["attention_weights__layer4.2__full"].shape[0] == 64  # layer4 conv2: 512 / 8
 
 
 def test_figure_usage_errors(demo_dir: Path, images: Path, tmp_path: Path, monkeypatch,
@@ -115,3 +115,54 @@ def test_one_bad_input_alone_is_a_usage_error(command: str, demo_dir: Path, imag
     assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.png" in lines[0]
     assert "(skipped)" not in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_exports_follow_each_models_attention_kind(tmp_path: Path) -> None:
+    """Figure 6 for every model with attention, with its kind's panels and the screen's
+    pixels; a channel figure for every model with channel weights; the attention-shapes
+    composite with its numbers in its JSON; Figure 1 at the last block, as on screen."""
+    from helpers import noise_image, tiny_model
+
+    from simam_viz.rendering import panels
+    from simam_viz.rendering.export import (
+        ExportRequest,
+        analyze_all,
+        render,
+        slug,
+        write_exports,
+    )
+
+    archs = ("resnet50", "se_resnet50", "eca_resnet50", "cbam_resnet50", "simam_resnet50")
+    models = [tiny_model(arch, seed, class_names=CLASSES) for seed, arch in enumerate(archs)]
+    request = ExportRequest(figures=("1", "6", "channels", "shapes"), block="layer3.1", dpi=40)
+    results = analyze_all(models, noise_image(), request)
+    assert all(r.blocks == ("layer3.1", "layer4.2") for r in results)
+    figs = render(results, request)
+    names = {r.kind.label: slug(r.model_name) for r in results}
+    attention = [label for label in names if label != "ResNet-50"]
+    assert set(figs) == ({"figure1", "shapes_layer3.1"}
+                         | {f"figure6_{names[a]}" for a in attention}
+                         | {f"channels_{names[a]}" for a in attention})
+    blend = {"colormap": request.colormap, "alpha": request.alpha}
+    for r in results[1:]:
+        shown = panels.figure6_panels(r.kind)
+        axes = [ax for ax in figs[f"figure6_{names[r.kind.label]}"].axes if ax.get_images()]
+        assert [ax.get_title() for ax in axes] == [p.title for p in shown]
+        for ax, panel in zip(axes, shown, strict=True):
+            np.testing.assert_array_equal(np.asarray(ax.get_images()[0].get_array()),
+                                          panels.figure6_panel(r, "layer3.1", panel, blend))
+    assert len(panels.figure6_panels(results[3].kind)) == 3  # CBAM: before, after, gate
+    assert len(panels.figure6_panels(results[1].kind)) == 2  # SE: before, after
+    # 3-D weights: top channel maps above the bars; a channel gate: bars alone
+    assert len([ax for ax in figs[f"channels_{names['SimAM']}"].axes if ax.get_images()]) > 0
+    se_axes = figs[f"channels_{names['SE']}"].axes
+    assert len(se_axes) == 1 and not se_axes[0].get_images()
+    bars = [p.get_height() for p in se_axes[0].patches]
+    np.testing.assert_allclose(bars, np.sort(results[1].channel_weights("layer3.1"))[::-1])
+
+    written = write_exports(results, models, request, tmp_path, "x", "0" * 64)
+    assert (tmp_path / "x_shapes_layer3.1.png") in written
+    report = json.loads((tmp_path / "x_shapes_layer3.1.json").read_text())
+    assert report["figure"] == "shapes_layer3.1" and report["image_sha256"] == "0" * 64
+    assert sorted(report["shapes"]["models"]) == sorted(r.model_name for r in results[1:])
+    assert [m["attention"] for m in report["models"]] == list(names)

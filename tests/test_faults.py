@@ -455,7 +455,7 @@ def test_page_reports_oom_and_other_sessions_recompute(ckpt: Path, spy: Spy,
     assert _recomputed(watcher)  # its cached results were freed with the rest
     at.run()
     assert _errors(at) == [] and _shown(at) == DEMO_NAMES
-    at.session_state["view"] = "Inside SimAM"  # the lambda is in that (lazy) tab's caption
+    at.session_state["view"] = "Inside attention"  # the lambda is in that (lazy) tab's caption
     at.run()
     assert _errors(at) == [] and any("λ = 1.0" in c.value for c in at.caption)
 
@@ -555,11 +555,13 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
     example (no error, no traceback); a new upload is analysed by the new server.
     """
     pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
-    from apphost import (
+    from localhttp import closed_port
+    from playwright.sync_api import sync_playwright
+
+    from harness.apphost import (
         CHROMIUM,
         CHROMIUM_ARGS,
         alerts,
-        idle,
         input_pixels,
         open_session,
         png_bytes,
@@ -567,8 +569,7 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
         stop_app,
         upload,
     )
-    from localhttp import closed_port
-    from playwright.sync_api import sync_playwright
+    from harness.runstate import wait_settled
 
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (make system-deps)")
@@ -582,10 +583,7 @@ def test_server_restart_reconnects_and_a_new_upload_works(tmp_path: Path) -> Non
         """Wait until the page's figures are of ``name`` (the caption the page shows only
         after a successful analysis) and the run is over; the example's figures are on the
         page from the start, so counting images alone cannot tell a new result."""
-        caption = page.locator("[data-testid='stCaptionContainer']").filter(
-            has_text=f"Image: {name}")
-        caption.first.wait_for(timeout=300_000)
-        idle(page, 300_000)
+        wait_settled(page, count=4, name=name, timeout_ms=300_000)
         assert page.locator("[data-testid='stImage']").count() >= 4
 
     def no_error(page) -> None:

@@ -17,7 +17,6 @@ from PIL import Image
 from simam_viz.rendering import figures
 from simam_viz.rendering.figures import (
     CBAR,
-    FIGURE6_TITLES,
     LABEL,
     PANEL,
     TOP,
@@ -26,12 +25,11 @@ from simam_viz.rendering.figures import (
     figure1,
     figure6,
     figure_to_png,
-    overlay,
-    panel_png,
     png_size,
     save_png,
     write_manifest,
 )
+from simam_viz.rendering.pictures import jpeg_bytes, mosaic, overlay, panel_png
 
 RNG = np.random.default_rng(0)
 IMG = RNG.integers(0, 256, (32, 40, 3), dtype=np.uint8)
@@ -56,8 +54,20 @@ def _pictures(fig) -> list[np.ndarray]:
     return [np.asarray(ax.get_images()[0].get_array()) for ax in fig.axes if ax.get_images()]
 
 
+SIMAM_TITLES = ["Grad-CAM before SimAM", "Grad-CAM after SimAM", "Attention (channel mean)",
+                "Grad-CAM on attention"]
+
+
+def _simam_row() -> list[np.ndarray]:
+    """A SimAM row's four panels as the screen draws them (weights on their own scale)."""
+    unit = (ATT - ATT.min()) / (ATT.max() - ATT.min())
+    return [overlay(IMG, CAM), overlay(IMG, CAM[::-1]),
+            overlay(IMG, unit, colormap="viridis", alpha=1.0), overlay(IMG, 1 - CAM)]
+
+
 def _fig6(n: int = 1, **kwargs):
-    return figure6([IMG] * n, [CAM] * n, [CAM[::-1]] * n, [ATT] * n, [1 - CAM] * n, **kwargs)
+    scale = (float(ATT.min()), float(ATT.max()))
+    return figure6([_simam_row()] * n, [SIMAM_TITLES] * n, scales=[scale] * n, **kwargs)
 
 
 # --- overlay ----------------------------------------------------------------------------
@@ -104,10 +114,12 @@ BAD_CALLS = {
                     "raw_cams"),
     "fig1 alpha": (lambda: figure1([IMG], ["a"], [[CAM]], ["m"], alpha=2), "alpha"),
     "fig1 no images": (lambda: figure1([], [], [], ["m"]), "image"),
-    "fig6 rows": (lambda: figure6([IMG], [CAM], [CAM], [], [CAM]), "attention"),
-    "fig6 titles": (lambda: _fig6(titles=("a", "b")), "titles"),
-    "fig6 attention 3-D": (lambda: figure6([IMG], [CAM], [CAM], [ATT[None]], [CAM]),
-                           "attention"),
+    "fig6 no rows": (lambda: figure6([], []), "at least one row"),
+    "fig6 titles": (lambda: figure6([[IMG, IMG]], [["a"]]), "one title per panel"),
+    "fig6 title rows": (lambda: figure6([[IMG]], [["a"], ["b"]]), "titles has 2 rows"),
+    "fig6 grey panel": (lambda: figure6([[IMG[..., 0]]], [["a"]]), "image"),
+    "fig6 scale": (lambda: figure6([[IMG]], [["a"]], scales=[(0.0, float("nan"))]),
+                   "scales"),
     "channels C": (lambda: channel_figure(np.zeros((4, 2, 2)), np.zeros(3)), "C means"),
     "channels top_k": (lambda: channel_figure(np.zeros((4, 2, 2)), np.zeros(4), top_k=0),
                        "top_k"),
@@ -195,25 +207,42 @@ def test_png_size_truncates_like_matplotlib() -> None:
 # --- Figure 6 ---------------------------------------------------------------------------
 
 
-def test_figure6_two_images_have_eight_panels_and_a_bar_per_row() -> None:
+def test_figure6_two_rows_have_eight_panels_and_a_bar_per_row() -> None:
     fig = _fig6(2, captions=["dog (layer4.2)", "cat (layer4.2)"])
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == 8
-    assert tuple(ax.get_title() for ax in panels[:4]) == FIGURE6_TITLES
-    assert [ax.get_title() for ax in panels[4:]] == [""] * 4
+    assert [ax.get_title() for ax in panels] == SIMAM_TITLES * 2  # every row is titled
     assert panels[0].get_xlabel() == "dog (layer4.2)" and panels[4].get_xlabel() == "cat (layer4.2)"
     bars = [ax for ax in fig.axes if not ax.get_images()]
     assert len(bars) == 2
     assert bars[0].get_ylim() == pytest.approx((ATT.min(), ATT.max()), abs=1e-6)
 
 
-def test_figure6_attention_panel_is_upsampled_weights() -> None:
-    pictures = _pictures(_fig6(titles=("a", "b", "c", "d")))
-    attention = pictures[2]
-    assert attention.shape == (32, 40)  # the image's size, still raw weights (own scale)
-    assert ATT.min() - 1e-6 <= attention.min() and attention.max() <= ATT.max() + 1e-6
-    np.testing.assert_array_equal(pictures[0], overlay(IMG, CAM))
-    np.testing.assert_array_equal(pictures[3], overlay(IMG, 1 - CAM))
+def test_figure6_draws_the_given_panels_pixel_for_pixel() -> None:
+    """The composite shows exactly the screen's pictures (no second rendering of them)."""
+    for drawn, given in zip(_pictures(_fig6()), _simam_row(), strict=True):
+        np.testing.assert_array_equal(drawn, given)
+
+
+def test_figure6_rows_of_different_kinds() -> None:
+    """An SE row (before, after) above a CBAM row (and its spatial gate): rows keep their own
+    panels and titles; only the row with a weights map gets a colour bar, in its units."""
+    se = [overlay(IMG, CAM), overlay(IMG, 1 - CAM)]
+    cbam = [*se, overlay(IMG, CAM, colormap="viridis", alpha=1.0)]
+    titles = [["Grad-CAM before SE", "Grad-CAM after SE"],
+              ["Grad-CAM before CBAM", "Grad-CAM after CBAM", "Spatial gate"]]
+    fig = figure6([se, cbam], titles, captions=["SE: dog", "CBAM: dog"],
+                  scales=[None, (0.25, 0.75)])
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == titles[0] + titles[1]
+    assert [ax.get_xlabel() for ax in panels] == ["SE: dog", "", "CBAM: dog", "", ""]
+    bars = [ax for ax in fig.axes if not ax.get_images()]
+    assert len(bars) == 1 and bars[0].get_ylim() == pytest.approx((0.25, 0.75))
+    row = PANEL + LABEL
+    assert png_size(fig, dpi=100) == (_pixels(3 * PANEL + CBAR, 100),
+                                      _pixels(2 * row + TOP, 100))
+    no_bar = figure6([se], [titles[0]])  # no weights map anywhere: no colour-bar column
+    assert png_size(no_bar, dpi=100) == (_pixels(2 * PANEL, 100), _pixels(row + TOP, 100))
 
 
 # --- channels and depth -----------------------------------------------------------------
@@ -339,7 +368,7 @@ def test_module_imports_no_pyplot_torch_or_streamlit() -> None:
 
 def test_mosaic_places_each_panel_under_its_label() -> None:
     panels = [np.full((20, 30, 3), 10 * i, np.uint8) for i in range(5)]
-    out = figures.mosaic(panels, [f"b{i}" for i in range(5)], per_row=3, gap=2)
+    out = mosaic(panels, [f"b{i}" for i in range(5)], per_row=3, gap=2)
     band = max(12, 30 // 9)
     assert out.shape == (2 * (band + 20 + 2) - 2, 3 * 32 - 2, 3)
     for i, panel in enumerate(panels):
@@ -348,20 +377,20 @@ def test_mosaic_places_each_panel_under_its_label() -> None:
     assert (out[:band, :30] < 128).any()  # the label is drawn in the band (dark text)
     assert (out[-20:, 2 * 32 :] == 255).all()  # the empty sixth cell stays white
     with pytest.raises(ValueError, match="labels"):
-        figures.mosaic(panels, ["a"])
+        mosaic(panels, ["a"])
     with pytest.raises(ValueError, match="one size"):
-        figures.mosaic([panels[0], np.zeros((5, 5, 3), np.uint8)], ["a", "b"])
+        mosaic([panels[0], np.zeros((5, 5, 3), np.uint8)], ["a", "b"])
 
 
 def test_jpeg_bytes_is_a_close_jpeg_of_the_picture() -> None:
     rng = np.random.default_rng(0)
     smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).resize(
         (160, 160), Image.Resampling.BICUBIC))
-    data = figures.jpeg_bytes(smooth)
+    data = jpeg_bytes(smooth)
     back = Image.open(io.BytesIO(data))
     assert back.format == "JPEG" and back.size == (160, 160)
     assert np.abs(np.asarray(back, np.float64) - smooth).mean() < 2.0
-    assert len(data) < len(figures.panel_png(smooth))
+    assert len(data) < len(panel_png(smooth))
 
 
 def test_channel_maps_tiles_the_top_channels_with_their_ids() -> None:

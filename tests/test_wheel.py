@@ -92,11 +92,14 @@ def test_wheel_ships_registry_demo_models_and_app_and_nothing_else(wheel: Path) 
               if n.startswith("simam_viz/_bundle/")}
     demo = {f"checkpoints/demo/{p.name}" for p in DEMO.iterdir() if p.is_file()}
     examples = {f"app/examples/{p.name}" for p in (ROOT / "app" / "examples").iterdir()}
-    app_code = {f"app/{p.name}" for p in (ROOT / "app").glob("*.py")}
+    app_code = {f"app/{p.relative_to(ROOT / 'app').as_posix()}"
+                for p in [*(ROOT / "app").glob("*.py"), *(ROOT / "app" / "views").glob("*.py")]}
     assert bundle == ({"checkpoints/registry.json", "streamlit/config.toml"}
                       | demo | examples | app_code)
-    modules = {n for n in names if n.startswith("simam_viz/") and n.count("/") == 1}
-    assert modules == {f"simam_viz/{p.name}" for p in (ROOT / "simam_viz").glob("*.py")}
+    modules = {n for n in names if n.startswith("simam_viz/") and n.endswith(".py")
+               and not n.startswith("simam_viz/_bundle/")}
+    assert modules == {p.relative_to(ROOT).as_posix() for p in (ROOT / "simam_viz").rglob("*.py")}
+    assert not any(n.startswith(("harness/", "tests/")) for n in names)  # test tools stay home
     assert wheel.stat().st_size < 25 * 1024**2
 
 

@@ -1,9 +1,11 @@
-"""Figures as pure functions of arrays: overlays, the paper's Figures 1 and 6, channels, depth.
+"""Matplotlib figures as pure functions of arrays: the paper's Figures 1 and 6, channels, depth.
 
 Nothing here knows about models, Streamlit or torch: inputs are numpy arrays (HxWx3 uint8
-images, HxW float maps in [0, 1], per-channel vectors and maps), outputs are arrays,
-matplotlib ``Figure`` objects or PNG bytes. That keeps every figure testable with hand-made
-arrays and reusable by the web app, the batch CLI and notebooks alike.
+images, HxW float maps in [0, 1], per-channel vectors and maps), outputs are matplotlib
+``Figure`` objects, PNG bytes and their JSON manifests. That keeps every figure testable with
+hand-made arrays and reusable by the web app, the batch CLI and notebooks alike. The pictures
+drawn into the panels (overlays, mosaics) come from :mod:`simam_viz.rendering.pictures`; the
+interactive plotly versions live in the ``*_charts`` modules, so an export never loads plotly.
 
 Figures are built as ``matplotlib.figure.Figure`` on their own Agg canvas, never through
 pyplot: pyplot keeps a global list of "current" figures that several sessions of the web app
@@ -39,7 +41,7 @@ import os
 import platform
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -49,27 +51,35 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
-from PIL import Image, ImageDraw, ImageFont
+
+from simam_viz.errors import SimamVizError
+from simam_viz.rendering.jsonsafe import to_json_safe
+from simam_viz.rendering.pictures import (
+    Colour,
+    check_alpha,
+    check_count,
+    check_image,
+    check_map,
+    overlay,
+    resolve_colormap,
+)
 
 __all__ = [
     "CBAR",
-    "FIGURE6_TITLES",
     "LABEL",
     "PANEL",
     "TOP",
+    "channel_bars_figure",
     "channel_figure",
+    "check_dpi",
     "depth_strip",
     "figure1",
     "figure6",
     "figure_to_png",
-    "jpeg_bytes",
-    "mosaic",
-    "overlay",
-    "panel_png",
     "png_size",
     "save_png",
     "write_manifest",
@@ -79,61 +89,34 @@ PANEL = 2.2  # inches per panel side
 LABEL = 0.45  # inches of text under each panel row
 TOP = 0.3  # inches above the first row for column titles
 CBAR = 0.6  # inches for the colour-bar column
-FIGURE6_TITLES = (
-    "Grad-CAM before SimAM",
-    "Grad-CAM after SimAM",
-    "Attention (channel mean)",
-    "Grad-CAM on attention",
-)
 _INSET = 0.02  # fraction of a panel left blank on each side, so neighbours don't touch
 _PIXEL_TOLERANCE = 1e-8  # matplotlib's own tolerance before truncating to whole pixels
 _VERSIONED = ("pillow", "torch", "torchvision", "grad-cam", "simam-viz")
-
-Colour = str | Colormap
+DPI_RANGE = (30, 1200)
+"""Resolutions every export accepts: below 30 dpi a panel's text cannot be read, and at
+1200 dpi Figure 6 for five images is already 183 megapixels (700 MB of RGBA to render)."""
 
 
 # --- validation: every message is one line, so the app can show it as is ------------------
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        raise ValueError(f"image must be a non-empty HxWx3 uint8 array, got {image.shape} "
-                         f"{image.dtype}")
-    return image
+def check_dpi(dpi: Any, name: str = "dpi") -> float:
+    """``dpi`` as a float within :data:`DPI_RANGE`, or a one-line error naming ``name``.
 
-
-def _check_map(values: Any, name: str = "map", ndim: int = 2) -> np.ndarray:
-    """A finite float32 array of ``ndim`` dimensions (NaN would silently draw as 'bad')."""
+    The one resolution check of the package: the CLI's ``--dpi`` flags (``name="--dpi"``),
+    ``png_size``, ``figure_to_png`` and ``save_png`` all use it, so a resolution the CLI
+    accepts is one every export accepts. Raises :class:`~simam_viz.errors.SimamVizError`
+    (a ``ValueError``), which the CLI reports as a usage error.
+    """
+    lo, hi = DPI_RANGE
     try:
-        arr = np.asarray(values, dtype=np.float32)
+        value = float(dpi)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a numeric array") from None
-    if arr.ndim != ndim or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} has NaN or infinite values")
-    return arr
-
-
-def _check_alpha(alpha: float) -> float:
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number within [0, 1], got {alpha!r}") from None
-    if not 0.0 <= value <= 1.0:  # also false for NaN
-        raise ValueError(f"alpha must be within [0, 1], got {alpha!r}")
+        raise SimamVizError(f"{name} must be a number between {lo} and {hi}, "
+                            f"got {dpi!r}") from None
+    if not lo <= value <= hi:  # also false for NaN
+        raise SimamVizError(f"{name} must be between {lo} and {hi}, got {dpi}")
     return value
-
-
-def _colormap(colormap: Colour) -> Colormap:
-    """Look a colour map up by name; matplotlib's KeyError lists every name on one huge line."""
-    if isinstance(colormap, Colormap):
-        return colormap
-    try:
-        return matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"unknown colormap {colormap!r}") from None
 
 
 def _rows(name: str, values: Sequence[Any], n: int) -> Sequence[Any]:
@@ -146,39 +129,6 @@ def _count_images(images: Sequence[np.ndarray]) -> int:
     if len(images) == 0:
         raise ValueError("need at least one image")
     return len(images)
-
-
-# --- arrays -------------------------------------------------------------------------------
-
-
-def _resize_map(cam: Any, height: int, width: int, name: str = "map") -> np.ndarray:
-    """Bilinear resize of a float map (attention at feature resolution, CAMs of another size).
-
-    PIL's float ("F") mode keeps the values un-quantised, unlike resizing a uint8 rendering.
-    """
-    cam = _check_map(cam, name)
-    if cam.shape == (height, width):
-        return cam
-    resized = Image.fromarray(cam, mode="F").resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
-
-
-def overlay(
-    image: np.ndarray, cam: np.ndarray, *, colormap: Colour = "jet", alpha: float = 0.5
-) -> np.ndarray:
-    """``round((1 - alpha) * image + alpha * 255 * colormap(cam)[..., :3])`` as HxWx3 uint8.
-
-    ``cam`` is clipped to [0, 1] (values outside have no colour) and resized bilinearly to
-    the image when the shapes differ, so maps at feature resolution can be passed directly.
-    The blend is computed in float64 so it matches an independent numpy computation exactly.
-    """
-    image = _check_image(image)
-    weight = _check_alpha(alpha)
-    cmap = _colormap(colormap)
-    cam = np.clip(_resize_map(cam, image.shape[0], image.shape[1], "cam"), 0.0, 1.0)
-    heat = cmap(cam)[..., :3] * 255.0
-    blended = (1.0 - weight) * image.astype(np.float64) + weight * heat
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
 # --- layout: one fixed grid for every figure ----------------------------------------------
@@ -261,10 +211,10 @@ def _row_maps(
     if len(cams) != models:
         raise ValueError(f"cams row {i} has {len(cams)} maps, expected {models} (one per model)")
     if raw is None:
-        return [_check_map(c, f"cams[{i}]") for c in cams], 1.0
+        return [check_map(c, f"cams[{i}]") for c in cams], 1.0
     if len(raw) != models:
         raise ValueError(f"raw_cams row {i} has {len(raw)} maps, expected {models}")
-    maps = [_check_map(r, f"raw_cams[{i}]") for r in raw]
+    maps = [check_map(r, f"raw_cams[{i}]") for r in raw]
     top = max(float(m.max()) for m in maps)
     top = top if top > 0 else 1.0  # all-zero row: nothing to show, avoid 0/0
     return [m / top for m in maps], top
@@ -301,11 +251,11 @@ def figure1(
         if raw_cams is None:
             raise ValueError("shared_scale needs raw_cams (maps before min-max scaling)")
         _rows("raw_cams", raw_cams, n)
-    _check_alpha(alpha)
-    cmap = _colormap(colormap)
+    check_alpha(alpha)
+    cmap = resolve_colormap(colormap)
     fig = _new_figure(n, m + 1, colorbar=shared_scale)
     for i, image in enumerate(images):
-        image = _check_image(image)
+        image = check_image(image)
         under_input, under_models = _row_labels(labels[i], m, i)
         maps, top = _row_maps(cams[i], raw_cams[i] if shared_scale else None, m, i)
         _panel(fig, i, 0, image, title="Input" if i == 0 else "", label=under_input)
@@ -318,60 +268,58 @@ def figure1(
     return fig
 
 
-# --- Figure 6: inside SimAM ---------------------------------------------------------------
+# --- Figure 6: inside the attention -------------------------------------------------------
 
 
 def figure6(
-    images: Sequence[np.ndarray],
-    before: Sequence[np.ndarray],
-    after: Sequence[np.ndarray],
-    attention: Sequence[np.ndarray],
-    attention_cam: Sequence[np.ndarray],
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[Sequence[str]],
     *,
-    titles: Sequence[str] = FIGURE6_TITLES,
     captions: Sequence[str] | None = None,
-    colormap: Colour = "jet",
-    alpha: float = 0.5,
-    attention_colormap: Colour = "viridis",
+    scales: Sequence[tuple[float, float] | None] | None = None,
+    scale_colormap: Colour = "viridis",
+    scale_label: str = "attention weight",
 ) -> Figure:
-    """The paper's Figure 6: one row of four panels per image.
+    """The paper's Figure 6, one row per model: the panels the screen shows, laid out.
 
-    Grad-CAM on the features before SimAM, after SimAM, the channel-averaged attention
-    weights, and Grad-CAM on those weights. The attention map (h x w, feature resolution) is
-    upsampled bilinearly and drawn on its own min-max colour scale with a colour bar per row:
-    SimAM's weights are sigmoids that sit in a narrow band, which an absolute [0, 1] scale
-    would flatten. ``titles`` head the four columns; ``captions[i]`` goes under image i's
-    first panel. Size: rows = images, cols = 4, plus ``CBAR`` (module docstring).
+    ``rows[i]`` holds row i's panels as pictures (HxWx3 uint8, e.g. from
+    :func:`simam_viz.rendering.panels.figure6_panel`, so a composite shows the pixels of the
+    screen), ``titles[i]`` one title per panel. Rows may differ in length and titles, since
+    each attention kind has its own panels (SE: before and after; CBAM adds its spatial gate;
+    SimAM its channel mean and Grad-CAM on it), so every row has its titles above it.
+    ``captions[i]`` goes under row i's first panel. ``scales[i]``, the (low, high) of weights
+    drawn in row i on their own min-max scale in ``scale_colormap``, adds a colour bar beside
+    that row: sigmoid weights sit in a narrow band, and the picture alone cannot say which.
+    Size: rows = len(rows), cols = the longest row, plus ``CBAR`` when a row has a scale
+    (module docstring).
     """
-    n = _count_images(images)
-    for name, values in (("before", before), ("after", after), ("attention", attention),
-                         ("attention_cam", attention_cam)):
-        _rows(name, values, n)
-    if captions is not None:
-        _rows("captions", captions, n)
-    if len(titles) != 4:
-        raise ValueError(f"titles needs 4 column titles, got {len(titles)}")
-    _check_alpha(alpha)
-    cmap, att_cmap = _colormap(colormap), _colormap(attention_colormap)
-    fig = _new_figure(n, 4, colorbar=True)
-    for i, image in enumerate(images):
-        image = _check_image(image)
-        weights = _check_map(attention[i], f"attention[{i}]")
-        pictures = [
-            overlay(image, before[i], colormap=cmap, alpha=alpha),
-            overlay(image, after[i], colormap=cmap, alpha=alpha),
-            _resize_map(weights, image.shape[0], image.shape[1]),
-            overlay(image, attention_cam[i], colormap=cmap, alpha=alpha),
-        ]
-        labels = [captions[i] if captions is not None else "", "", "", ""]
-        # the scale is the weights' own range, not the (narrower) range of their upsampling
-        scale = {"cmap": att_cmap, "norm": Normalize(float(weights.min()), float(weights.max()))}
-        for j, picture in enumerate(pictures):
-            style = scale if j == 2 else {}
-            shown = _panel(fig, i, j, picture, title=titles[j] if i == 0 else "",
-                           label=labels[j], **style)
-            if j == 2:
-                _row_colorbar(fig, i, 4, shown, "SimAM weight")
+    n = len(rows)
+    if n == 0:
+        raise ValueError("figure6 needs at least one row of panels")
+    for name, values in (("titles", titles), ("captions", captions), ("scales", scales)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{name} has {len(values)} rows, expected {n} (one per row of "
+                             "panels)")
+    for i, row in enumerate(rows):
+        if len(row) == 0 or len(titles[i]) != len(row):
+            raise ValueError(f"row {i} needs at least one panel and one title per panel, got "
+                             f"{len(row)} panels and {len(titles[i])} titles")
+    cmap = resolve_colormap(scale_colormap)
+    bars = scales is not None and any(scale is not None for scale in scales)
+    cols = max(len(row) for row in rows)
+    fig = _new_figure(n, cols, colorbar=bars)
+    for i, row in enumerate(rows):
+        for j, picture in enumerate(row):
+            label = captions[i] if captions is not None and j == 0 else ""
+            _panel(fig, i, j, check_image(picture), title=titles[i][j], label=label)
+        scale = scales[i] if scales is not None else None
+        if scale is not None:
+            low, high = (float(v) for v in scale)
+            if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+                raise ValueError(f"scales[{i}] must be finite (low, high), got {scale}")
+            # a constant map still gets a bar (at its value) instead of a singular norm
+            norm = Normalize(low, high if high > low else low + 1e-6)
+            _row_colorbar(fig, i, cols, ScalarMappable(norm=norm, cmap=cmap), scale_label)
     return fig
 
 
@@ -411,6 +359,7 @@ def channel_figure(
     *,
     top_k: int = 8,
     se_excitation: np.ndarray | None = None,
+    gate_label: str = "SE excitation",
     block: str = "",
     colormap: Colour = "viridis",
     sort: bool = True,
@@ -420,23 +369,23 @@ def channel_figure(
     Top row: the ``top_k`` channels with the largest mean weight (ties: lower index first),
     each as its h x w weight map titled with channel index and mean, all on one colour scale
     (colour bar) so they compare. Bottom row: SimAM's per-channel means as bars (sorted high
-    to low, or by channel index with ``sort=False``; the top-k in red) and, when given, SE's
-    excitation vector beside it. SE's channels belong to another network, so its vector is
-    sorted by its own values rather than SimAM's order. Size: rows = 2,
+    to low, or by channel index with ``sort=False``; the top-k in red) and, when given, another
+    model's channel gate (``se_excitation``, titled ``gate_label``) beside it. Its channels
+    belong to another network, so its vector is sorted by its own values rather than SimAM's
+    order. Size: rows = 2,
     cols = max(min(top_k, C), 2), plus ``CBAR`` (module docstring).
     """
-    maps = _check_map(channel_maps, "channel_maps", ndim=3)
-    means = _check_map(simam_means, "simam_means", ndim=1)
+    maps = check_map(channel_maps, "channel_maps", ndim=3)
+    means = check_map(simam_means, "simam_means", ndim=1)
     if means.shape != (maps.shape[0],):
         raise ValueError(f"need C x h x w maps and C means, got {maps.shape} and {means.shape}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    se = None if se_excitation is None else _check_map(se_excitation, "se_excitation", ndim=1)
-    order = _top_channels(means, int(top_k))
+    top_k = check_count(top_k, "top_k")
+    se = None if se_excitation is None else check_map(se_excitation, "se_excitation", ndim=1)
+    order = _top_channels(means, top_k)
     cols = max(order.size, 2)
     fig = _new_figure(2, cols, colorbar=True)
     scale = ScalarMappable(Normalize(float(maps[order].min()), float(maps[order].max())),
-                           _colormap(colormap))
+                           resolve_colormap(colormap))
     for j, c in enumerate(order):
         _panel(fig, 0, j, maps[c], title=f"ch {int(c)}  mean {means[c]:.3f}", cmap=scale.cmap,
                norm=scale.norm)
@@ -444,10 +393,31 @@ def channel_figure(
     suffix = f" {block}" if block else ""
     charts = [("SimAM channel means" + suffix, means, "tab:blue", order)]
     if se is not None:
-        charts.append(("SE excitation" + suffix, se, "tab:orange", None))
+        charts.append((gate_label + suffix, se, "tab:orange", None))
     for slot, (title, values, colour, highlight) in enumerate(charts):
         _weight_chart(fig, slot, len(charts), values, title=title, colour=colour, sort=sort,
                       highlight=highlight)
+    return fig
+
+
+def channel_bars_figure(values: np.ndarray, title: str) -> Figure:
+    """A channel gate's weights (SE, ECA, CBAM) as one bar per channel, sorted high to low.
+
+    Size: two panels wide, one panel (plus label and title space) high; the weight axis runs
+    from 0 to 1 like every sigmoid gate's, so gates of different models compare.
+    """
+    values = check_map(values, "values", ndim=1)
+    width, height = 2 * PANEL, PANEL + LABEL + TOP
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.5 / width, LABEL / height, (width - 0.7) / width,
+                       (PANEL - 0.35) / height))
+    ax.bar(np.arange(values.size), np.sort(values)[::-1], width=1.0, color="tab:orange")
+    ax.set_xlim(-0.5, values.size - 0.5)
+    ax.set_ylim(0.0, max(1.0, float(values.max())))
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("channel, sorted by weight", fontsize=7)
+    ax.tick_params(labelsize=6)
     return fig
 
 
@@ -467,15 +437,14 @@ def depth_strip(
     ``per_row`` panels a row keeps ResNet-50's 16 blocks readable (two rows of eight).
     Size: rows = ceil(blocks / per_row), cols = min(blocks, per_row) (module docstring).
     """
-    image = _check_image(image)
+    image = check_image(image)
     blocks = list(cams_by_block)
     if not blocks:
         raise ValueError("depth_strip needs at least one block")
-    if isinstance(per_row, bool) or not isinstance(per_row, int | np.integer) or per_row < 1:
-        raise ValueError(f"per_row must be a positive integer, got {per_row!r}")
-    _check_alpha(alpha)
-    cmap = _colormap(colormap)
-    cols = min(int(per_row), len(blocks))
+    per_row = check_count(per_row, "per_row")
+    check_alpha(alpha)
+    cmap = resolve_colormap(colormap)
+    cols = min(per_row, len(blocks))
     fig = _new_figure(-(-len(blocks) // cols), cols)
     for idx, block in enumerate(blocks):
         _panel(fig, idx // cols, idx % cols,
@@ -483,63 +452,7 @@ def depth_strip(
     return fig
 
 
-def mosaic(
-    panels: Sequence[np.ndarray], labels: Sequence[str], *, per_row: int = 8, gap: int = 3
-) -> np.ndarray:
-    """Same-size HxWx3 uint8 panels in a labelled grid, as one HxWx3 uint8 picture.
-
-    The app's 16-block depth strip is one image, not 16: each image on a web page is a
-    request, a decode and a layout of its own, and those, not the maps, dominate a rerun.
-    Each panel gets a white label band of ``max(12, W // 9)`` pixels above it.
-    """
-    if not panels:
-        raise ValueError("mosaic needs at least one panel")
-    if len(labels) != len(panels):
-        raise ValueError(f"mosaic got {len(panels)} panels but {len(labels)} labels")
-    if isinstance(per_row, bool) or not isinstance(per_row, int) or per_row < 1:
-        raise ValueError(f"per_row must be a positive integer, got {per_row!r}")
-    arrays = [_check_image(p) for p in panels]
-    h, w = arrays[0].shape[:2]
-    if any(a.shape[:2] != (h, w) for a in arrays):
-        raise ValueError("mosaic needs panels of one size")
-    band = max(12, w // 9)
-    cols = min(per_row, len(arrays))
-    rows = -(-len(arrays) // cols)
-    cell_h, cell_w = band + h + gap, w + gap
-    canvas = np.full((rows * cell_h - gap, cols * cell_w - gap, 3), 255, np.uint8)
-    for i, arr in enumerate(arrays):
-        top, left = (i // cols) * cell_h + band, (i % cols) * cell_w
-        canvas[top : top + h, left : left + w] = arr
-    picture = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=max(9, band - 3))
-    for i, label in enumerate(labels):
-        top, left = (i // cols) * cell_h, (i % cols) * cell_w
-        draw.text((left + 1, top + 1), str(label), fill=(0, 0, 0), font=font)
-    return np.asarray(picture)
-
-
-def jpeg_bytes(array: np.ndarray, *, quality: int = 90) -> bytes:
-    """An HxWx3 uint8 picture as JPEG bytes, for on-screen display where lossless is not needed.
-
-    A 224-pixel overlay is about a third of its PNG size and decodes faster; exports stay PNG.
-    """
-    buf = io.BytesIO()
-    Image.fromarray(_check_image(array)).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 # --- export ---------------------------------------------------------------------------------
-
-
-def _check_dpi(dpi: float) -> float:
-    try:
-        value = float(dpi)
-    except (TypeError, ValueError):
-        raise ValueError(f"dpi must be a positive number, got {dpi!r}") from None
-    if not 0 < value <= 2400:  # beyond that a 4 x 5 panel figure exceeds 600 megapixels
-        raise ValueError(f"dpi must be within (0, 2400], got {dpi!r}")
-    return value
 
 
 def png_size(fig: Figure, *, dpi: float = 300) -> tuple[int, int]:
@@ -549,7 +462,7 @@ def png_size(fig: Figure, *, dpi: float = 300) -> tuple[int, int]:
     the next integer (floating-point noise), so e.g. 8.8 in at 72 dpi gives 633, not 634.
     """
     width, height = fig.get_size_inches()
-    dots = _check_dpi(dpi)
+    dots = check_dpi(dpi)
     return int(width * dots + _PIXEL_TOLERANCE), int(height * dots + _PIXEL_TOLERANCE)
 
 
@@ -561,7 +474,7 @@ def figure_to_png(fig: Figure, *, dpi: float = 300) -> bytes:
     be rendered by two threads at once (saving sets its dpi for the duration).
     """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_check_dpi(dpi))
+    fig.savefig(buf, format="png", dpi=check_dpi(dpi))
     return buf.getvalue()
 
 
@@ -593,39 +506,6 @@ def save_png(fig: Figure, path: str | Path, *, dpi: float = 300) -> Path:
     return path
 
 
-def panel_png(array: np.ndarray, *, compress_level: int = 6) -> bytes:
-    """One panel at its native resolution as PNG bytes (no matplotlib, no resampling).
-
-    Accepts an HxWx3 uint8 picture (e.g. an ``overlay``), an HxW uint8 grey image, or an HxW
-    float map in [0, 1] (clipped, scaled to 0..255 and rounded). ``compress_level`` is zlib's
-    (0-9; Pillow's default 6): the pixels are the same at every level, and on-screen PNGs use
-    1 (a 161-pixel input: 1.4 ms instead of 4 ms to encode, 15 % more bytes).
-    """
-    arr = np.asarray(array)
-    if arr.ndim == 2 and arr.dtype != np.uint8:
-        arr = np.round(np.clip(_check_map(arr), 0.0, 1.0) * 255.0).astype(np.uint8)
-    elif arr.ndim != 2:
-        arr = _check_image(arr)
-    if arr.size == 0:
-        raise ValueError("panel_png needs a non-empty array")
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON for what callers tend to put in manifests: numpy scalars/arrays, paths, dates."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)  # paths, enums, anything else: readable rather than an error
-
-
 def _library_versions() -> dict[str, str]:
     found = {
         "python": platform.python_version(),
@@ -655,7 +535,9 @@ def write_manifest(path: str | Path, data: Mapping[str, Any]) -> Path:
     The caller supplies what the figure shows (image sha256, models, checkpoint sha256,
     block, target, method, lambda, ...); this adds ``created`` (UTC, ISO 8601) and
     ``versions`` (python, numpy, matplotlib, pillow, torch, ...) so a figure can be
-    reproduced. Values the caller gives for those keys win. ``created`` honours
+    reproduced. Values the caller gives for those keys win; every value goes through
+    :func:`~simam_viz.rendering.jsonsafe.to_json_safe` (NaN as null, numpy and paths as
+    plain JSON), so the file is strict JSON. ``created`` honours
     ``$SOURCE_DATE_EPOCH`` (the reproducible-builds convention), so two runs of a batch, for
     example with 1 and with 2 torchrun processes, can be compared byte for byte.
     Returns ``path``.
@@ -663,7 +545,7 @@ def write_manifest(path: str | Path, data: Mapping[str, Any]) -> Path:
     manifest = dict(data)
     manifest.setdefault("created", _created())
     manifest["versions"] = {**_library_versions(), **dict(manifest.get("versions") or {})}
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    text = json.dumps(to_json_safe(manifest), indent=2, sort_keys=True, allow_nan=False) + "\n"
     path = Path(path)
     _write_atomic(path, text.encode("utf-8"))
     return path

@@ -23,13 +23,19 @@ from widgets import kept, remember, session_id
 from simam_viz.engine.analysis import Analysis, analyze
 from simam_viz.engine.cam_methods import METHODS
 from simam_viz.engine.trust import SANITY_SCORES, SanityStep, faithfulness, sanity_check
-from simam_viz.rendering import figures, trust_figures
+from simam_viz.rendering import figures, pictures, trust_charts, trust_figures
 from simam_viz.serving.service import shared_service
 
 __all__ = ["TrustCheck", "trust_key", "view_trust"]
 
 WHERE_LABELS = {"output": "block output", "before": "before the attention module",
-                "after": "after the attention module", "attention": "SimAM's weights"}
+                "after": "after the attention module",
+                "attention": "the attention weights themselves"}
+
+
+def method_title(name: str) -> str:
+    """A CAM method as the sidebar names it ("Grad-CAM", not "gradcam")."""
+    return METHODS[name].title
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +62,8 @@ class TrustCheck:
     def png(self, style: dict) -> bytes:
         fig = trust_figures.trust_figure(
             self.image, self.reference, self.faith, self.steps,
-            title=f"{self.model_name}: {self.block} {WHERE_LABELS[self.where]}, {self.method}",
+            title=(f"{self.model_name}: {self.block} {WHERE_LABELS[self.where]}, "
+                   f"{method_title(self.method)}"),
             colormap=style["colormap"], alpha=style["alpha"])
         return figures.figure_to_png(fig, dpi=150)
 
@@ -114,13 +121,13 @@ def view_trust(results: Sequence[Analysis], models: Sequence[nn.Module], keys: S
     where = c2.selectbox("Map", wheres, format_func=WHERE_LABELS.__getitem__, key="trust_where",
                          on_change=remember, args=("trust_where",))
     kept("trust_method", default_method)
-    method = c3.selectbox("CAM method", list(METHODS), key="trust_method", on_change=remember,
-                          args=("trust_method",))
+    method = c3.selectbox("CAM method", list(METHODS), format_func=method_title,
+                          key="trust_method", on_change=remember, args=("trust_method",))
     key = trust_key(keys[i], block, where, method)
-    st.caption(f"{result.model_name} · {block} · {WHERE_LABELS[where]} · {method} · explaining "
-               f"'{result.target_name}'. Perturbs the input where the map points "
-               "(faithfulness) and re-initialises the model's layers from the logits down "
-               "(sanity check, Adebayo et al. 2018).")
+    st.caption(f"{result.model_name} · {block} · {WHERE_LABELS[where]} · "
+               f"{method_title(method)} · explaining '{result.target_name}'. Perturbs the "
+               "input where the map points (faithfulness) and re-initialises the model's "
+               "layers from the logits down (sanity check, Adebayo et al. 2018).")
     service = shared_service()
     check = service.caches["trust"].get(key)
     if check is None:
@@ -150,15 +157,15 @@ def show_check(check: TrustCheck, style: dict) -> None:
     st.caption(f"Target '{faith['target_name']}', probability on the unperturbed input "
                f"{faith['probability']:.3f}. Hover a score for what it measures.")
     left, right = st.columns(2)
-    left.plotly_chart(trust_figures.curves_chart(faith), width="stretch")
-    right.plotly_chart(trust_figures.sanity_chart(check.steps), width="stretch")
+    left.plotly_chart(trust_charts.curves_chart(faith), width="stretch")
+    right.plotly_chart(trust_charts.sanity_chart(check.steps), width="stretch")
     first, last = check.steps[0], check.steps[-1]
     st.caption(
         f"Spearman {first.spearman:.2f} after randomising fc, {last.spearman:.2f} with every "
         "layer randomised (" + SANITY_SCORES["spearman"][1].split(";")[0] + "). A map that "
         "stays similar while the weights are destroyed explains the image, not the model.")
-    strip = trust_figures.sanity_strip(check.image, check.reference, check.steps,
+    strip = pictures.sanity_strip(check.image, check.reference, check.steps,
                                        colormap=style["colormap"], alpha=style["alpha"])
-    st.image(figures.jpeg_bytes(strip), caption="Cascading randomization: the trained map, "
+    st.image(pictures.jpeg_bytes(strip), caption="Cascading randomization: the trained map, "
              "then the map after each step (cumulative)", width="stretch",
              output_format="JPEG")

@@ -1,5 +1,8 @@
 """The "Explain SimAM" view: why one neuron got its weight, with the module's own numbers.
 
+It explains 3-D weights that come from an energy with a λ (SimAM's Eqns 2-6): the model is
+chosen by what its attention kind has, never by its name.
+
 One forward pass per (analysis, block) records what the block's SimAM module saw and
 produced (``simam_viz.engine.neuron.record_simam``), through the shared service like any model
 work. Everything after that (choosing a channel, clicking a neuron, moving the display
@@ -15,18 +18,25 @@ from typing import Any
 import numpy as np
 import streamlit as st
 from PIL import Image
+from screen import Pictures
 from torch import nn
 from widgets import kept, remember, session_id
 
 from simam_viz.engine.analysis import Analysis
 from simam_viz.engine.neuron import SimAMRecord, explain_from_arrays, record_simam
-from simam_viz.rendering import figures, neuron_charts, neuron_figures
+from simam_viz.rendering import figures, neuron_charts, neuron_figures, panels
 from simam_viz.serving.service import shared_service
 
-__all__ = ["recorded", "view_explain"]
+__all__ = ["explained", "recorded", "show_numbers", "view_explain"]
 
 DISPLAY_LAMBDAS = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0]
 PICKS = 5  # highest and lowest weights offered in the picker
+
+
+def explained(results: Sequence[Analysis]) -> int | None:
+    """The first model whose weights this view explains: 3-D weights from an energy with λ."""
+    return next((i for i, r in enumerate(results)
+                 if r.kind.has_lambda and "full" in r.kind.shapes), None)
 
 
 def recorded(key: str, model: nn.Module, image: Callable[[], Image.Image], block: str,
@@ -59,9 +69,10 @@ def _picked_from_list(state_key: str, options: dict[str, tuple[int, int]]) -> No
 
 
 def view_explain(results: Sequence[Analysis], models: Sequence[nn.Module], keys: Sequence[str],
-                 simam: int | None, image: Callable[[], Image.Image], block: str,
-                 channel_mean_picture: Callable[[], bytes]) -> None:
+                 image: Callable[[], Image.Image], block: str, pics: Pictures) -> None:
+    """The chosen neuron's numbers, its channel's energy curve and the block's 3-D weights."""
     st.subheader("Explain SimAM, neuron by neuron (Eqns 2-6)")
+    simam = explained(results)
     if simam is None:
         st.info("Select a SimAM-ResNet-50 in the sidebar to see why each neuron gets its weight.")
         return
@@ -100,7 +111,7 @@ def view_explain(results: Sequence[Analysis], models: Sequence[nn.Module], keys:
     ex = explain_from_arrays(values, channel=channel, y=y, x=x, lam=lam_model, weights=weights,
                              block=block)
 
-    left, right = st.columns([1, 1])
+    left, right = st.columns([2, 3])  # the numbers' column: their lines fit at 1100 px
     map_key = f"neuron_map_{block}_{channel}"
     left.plotly_chart(
         neuron_charts.channel_map(ch_w, chosen=(y, x),
@@ -121,7 +132,8 @@ def view_explain(results: Sequence[Analysis], models: Sequence[nn.Module], keys:
     k = left.slider("Channels in 3-D (top-k by mean weight)", 1, min(32, c), key="neuron_topk",
                     on_change=remember, args=("neuron_topk",))
     left.plotly_chart(neuron_charts.weights_3d(weights, means, top_k=k), width="stretch")
-    right.image(channel_mean_picture(), caption=f"Attention, channel mean · {block}",
+    mean_panel = next(p for p in panels.figure6_panels(result.kind) if p.is_weights)
+    right.image(pics.figure6(simam, block, mean_panel), caption=f"{mean_panel.title} · {block}",
                 width="stretch", output_format="JPEG")
     right.download_button(
         "These panels (PNG)", lambda: figures.figure_to_png(
@@ -147,25 +159,52 @@ def _extremes(ch_w: np.ndarray) -> dict[str, tuple[int, int]]:
     return options
 
 
+def tex_number(value: float, digits: int | None = None) -> str:
+    """``value`` for LaTeX: fixed ``digits`` decimals, or ``:g`` with a power of ten instead
+    of ``e-04`` (which KaTeX would typeset as a subtraction)."""
+    text = f"{value:.{digits}f}" if digits is not None else f"{value:g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = rf"{mantissa}\times 10^{{{int(exponent)}}}"
+    return text
+
+
+def tex_difference(a: float, b: float, digits: int = 4) -> str:
+    """``a − b`` with ``b``'s sign folded in: ``0.3063 + 0.4038``, never ``0.3063 − −0.4038``."""
+    sign = "-" if b >= 0 else "+"
+    return f"{a:.{digits}f} {sign} {abs(b):.{digits}f}"
+
+
+def aligned(*lines: str) -> str:
+    """Lines of one display, aligned at ``&``: a long substituted equation broken into short
+    lines, since KaTeX never wraps and the numbers sit in half of a 1100 px page."""
+    return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
+
+
 def show_numbers(ex: dict[str, Any]) -> None:
-    """Eqns (5), (6) and (2) with this neuron's numbers substituted."""
+    """Eqns (5), (6) and (2) with this neuron's numbers substituted, a few symbols a line."""
     t, mu, var, lam = ex["t"], ex["mean"], ex["variance"], ex["lambda"]
+    lam_tex = tex_number(lam)
     st.markdown(f"**Neuron** ({ex['y']}, {ex['x']}) of channel {ex['channel']}, "
                 f"{ex['block']}: value **t = {t:.4f}**, one of M = {ex['M']} neurons "
                 f"({ex['grid'][0]} × {ex['grid'][1]}); weight rank {ex['weight_rank']} of "
                 f"{ex['M']}.")
-    st.latex(rf"\hat\mu = \tfrac{{1}}{{M}}\textstyle\sum_i x_i = {mu:.4f},\quad "
-             rf"\hat\sigma^2 = \tfrac{{1}}{{M-1}}\textstyle\sum_i (x_i-\hat\mu)^2 = {var:.4f},"
-             rf"\quad \lambda = {lam:g}")
-    st.latex(rf"e_t^* = \frac{{4(\hat\sigma^2+\lambda)}}{{(t-\hat\mu)^2+2\hat\sigma^2+2\lambda}}"
-             rf" = \frac{{4({var:.4f}+{lam:g})}}{{({t:.4f}-{mu:.4f})^2+2\cdot{var:.4f}"
-             rf"+2\cdot{lam:g}}} = {ex['energy']:.4f}")
-    st.latex(rf"\tfrac{{1}}{{e_t^*}} = {ex['importance']:.4f},\qquad "
-             rf"\mathrm{{sigmoid}}(1/e_t^*) = {ex['weight']:.6f}\;"
-             rf"(\text{{module: }}{ex['module_weight']:.6f})")
-    st.latex(rf"\min_{{w_t,b_t}} e_t \;(\text{{Eqn 2, the other }} M-1 \text{{ neurons}}) "
-             rf"= {ex['energy_exact']:.4f}\;\text{{at}}\; w_t = {ex['w']:.4f},\; "
-             rf"b_t = {ex['b']:.4f}")
+    st.latex(aligned(
+        rf"\hat\mu &= \tfrac{{1}}{{M}}\textstyle\sum_i x_i = {mu:.4f}",
+        rf"\hat\sigma^2 &= \tfrac{{1}}{{M-1}}\textstyle\sum_i (x_i-\hat\mu)^2 = {var:.4f}",
+        rf"\lambda &= {lam_tex}"))
+    st.latex(aligned(
+        rf"(t-\hat\mu)^2 &= ({tex_difference(t, mu)})^2 = {(t - mu) ** 2:.4f}",
+        r"e_t^* &= \frac{4(\hat\sigma^2+\lambda)}{(t-\hat\mu)^2+2\hat\sigma^2+2\lambda}",
+        rf"&= \frac{{4\,({var:.4f}+{lam_tex})}}{{{(t - mu) ** 2:.4f}+2\,({var:.4f}+{lam_tex})}}",
+        rf"&= {ex['energy']:.4f}"))
+    st.latex(aligned(
+        rf"1/e_t^* &= {ex['importance']:.4f}",
+        rf"\mathrm{{sigmoid}}(1/e_t^*) &= {ex['weight']:.6f}",
+        rf"\text{{module}} &= {ex['module_weight']:.6f}"))
+    st.latex(aligned(  # Eqn 2 over the other M - 1 neurons, minimised exactly
+        rf"\textstyle\min_{{w_t,b_t}} e_t &= {ex['energy_exact']:.4f}",
+        rf"\text{{at}}\; w_t &= {tex_number(ex['w'], 4)},\; b_t = {tex_number(ex['b'], 4)}"))
     st.caption(
         f"Eqn (5) uses the whole channel's statistics (the paper's 'same distribution' "
         f"shortcut): {ex['energy']:.4f} vs the exact minimum {ex['energy_exact']:.4f}, a gap "
