@@ -106,6 +106,16 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     # plotly's code loads on the first chart: wait until the charts are drawn
     page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=60_000)
     _shot(page, "channels")
+    # the paper's Figure 2 live: each model's weights in their own shape, and how 3-D they are
+    page.get_by_role("tab", name="Attention shapes").click()
+    idle(page)
+    page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=60_000)
+    shapes = page.locator("[data-testid='stMarkdown']").filter(has_text="variance: channel")
+    assert "3-D: one weight per neuron" in shapes.first.inner_text()
+    assert "1-D: one weight per channel" in shapes.first.inner_text()
+    page.get_by_role("heading", name="Attention shapes").evaluate(
+        "e => e.scrollIntoView({block: 'start'})")  # the charts, not the sidebar, in the shot
+    _shot(page, "shapes")
     page.get_by_role("tab", name="Export").click()
     idle(page)
     _shot(page, "export")
