@@ -37,7 +37,16 @@ from simam_viz.networks.models import (
 )
 from simam_viz.networks.taps import Recorder, taps_for_block
 
-__all__ = ["Analysis", "AnalysisError", "Prediction", "analyze", "model_lock", "resolve_target"]
+__all__ = [
+    "Analysis",
+    "AnalysisError",
+    "Prediction",
+    "analysis_state",
+    "analyze",
+    "model_lock",
+    "prepare_input",
+    "resolve_target",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -196,7 +205,7 @@ def _resolve_blocks(blocks: Sequence[str] | str) -> tuple[str, ...]:
     return out
 
 
-def _prepare_input(
+def prepare_input(
     image: Image.Image | torch.Tensor, info: ModelInfo, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The normalised 1x3xHxW tensor and the HxWx3 uint8 picture it shows."""
@@ -217,7 +226,7 @@ def _prepare_input(
 
 
 @contextmanager
-def _analysis_state(model: nn.Module, simam_lambda: float | None) -> Iterator[None]:
+def analysis_state(model: nn.Module, simam_lambda: float | None) -> Iterator[None]:
     """Eval mode, no parameter grads, optional lambda; everything restored on exit.
 
     Each submodule's own training flag is restored, not just the root's: a model in mixed
@@ -273,9 +282,9 @@ def analyze(
     if simam_lambda is not None and not (np.isfinite(simam_lambda) and simam_lambda > 0):
         raise AnalysisError(f"lambda must be a positive number, got {simam_lambda}")
     device = next(model.parameters()).device
-    x, picture = _prepare_input(image, info, device)
+    x, picture = prepare_input(image, info, device)
     timings: dict[str, float] = {}
-    with model_lock(model), _analysis_state(model, simam_lambda), torch.enable_grad():
+    with model_lock(model), analysis_state(model, simam_lambda), torch.enable_grad():
         start = time.perf_counter()
         with Recorder.for_blocks(model, block_names) as rec:
             x_in = x.clone().requires_grad_(True)

@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from simam_viz.engine.analysis import _analysis_state, _prepare_input, model_lock
+from simam_viz.engine.analysis import analysis_state, model_lock, prepare_input
 from simam_viz.errors import AnalysisError
 from simam_viz.networks.attention import SimAM
 from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK, attention_module, model_info
@@ -320,7 +320,7 @@ def record_simam(
     except ValueError as exc:
         raise AnalysisError(str(exc)) from exc
     device = next(model.parameters()).device
-    inp, _ = _prepare_input(image, info, device)
+    inp, _ = prepare_input(image, info, device)
     seen: dict[str, torch.Tensor] = {}
 
     def keep_input(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -330,7 +330,7 @@ def record_simam(
         seen["weights"] = output.detach().clone()
 
     start = time.perf_counter()
-    with model_lock(model), _analysis_state(model, simam_lambda), torch.no_grad():
+    with model_lock(model), analysis_state(model, simam_lambda), torch.no_grad():
         handles = []
         try:
             handles.append(module.register_forward_pre_hook(keep_input))

@@ -40,7 +40,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from simam_viz.engine.analysis import Analysis, _analysis_state, _prepare_input, analyze, model_lock
+from simam_viz.engine.analysis import Analysis, analysis_state, analyze, model_lock, prepare_input
 from simam_viz.errors import AnalysisError
 from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK, model_info
 from simam_viz.networks.taps import taps_for_block
@@ -144,7 +144,7 @@ def _reference(model: nn.Module, image: Image.Image | torch.Tensor, target: int 
     info = model_info(model)
     _check_request(model, block, where)
     _check_seed(seed)
-    x, _ = _prepare_input(image, info, next(model.parameters()).device)
+    x, _ = prepare_input(image, info, next(model.parameters()).device)
     return x, analyze(model, x, target=target, blocks=(block,), method=method,
                       simam_lambda=simam_lambda)
 
@@ -198,7 +198,7 @@ def faithfulness(
     cams = cam[None]
     with (
         model_lock(model),
-        _analysis_state(model, simam_lambda),
+        analysis_state(model, simam_lambda),
         torch.no_grad(),
         _private_rng(torch.device("cpu"), seed),  # ROAD's imputation noise is drawn on the CPU
     ):
