@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo trust-study docker-smoke \
+.PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo trust-study study-seeds \
+	docker-smoke \
 	deploy-smoke
 
 install: $(STAMP)
@@ -47,6 +48,11 @@ demo-weights: install system-deps
 	$(VENV)/bin/simam-viz train --data build/scenes_more --out build/demo --init build/demo-stage1 \
 		--epochs 3 --lr 0.02 --warmup-epochs 0.2 --size 129 --test-size 161 --device cpu
 	bash scripts/install-demo-weights.sh build/demo checkpoints/demo
+
+# Two more training seeds of each demo model, same recipe as demo-weights (not shipped; for the
+# spread across seeds in docs/studies.md). ~26 min per model on this CPU; resumes where it stopped.
+study-seeds: install system-deps
+	bash scripts/study-seeds.sh
 
 # The localization study of docs/studies.md (test split, all three demo models).
 evaluate-demo: install
