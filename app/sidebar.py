@@ -17,6 +17,7 @@ from widgets import session_id
 
 from simam_viz.engine.cam_methods import METHODS
 from simam_viz.errors import SimamVizError
+from simam_viz.networks.attention import paper_lambda_note
 from simam_viz.serving.service import shared_models, shared_service
 from simam_viz.weights import catalog
 from simam_viz.weights.registry import checkpoints_dir
@@ -133,7 +134,9 @@ def analysis_settings(models: Sequence[torch.nn.Module],
         item = items[list(models).index(tuned)]
         lam = st.sidebar.select_slider(f"{info.kind.label} λ (inference-time)", choices,
                                        value=own, key=f"lambda::{item.key}")
-        st.sidebar.caption(f"{info.name or info.kind.label} was trained with λ = {own:g}.")
+        source = paper_lambda_note(own)
+        st.sidebar.caption(f"{info.name or info.kind.label} was trained with λ = {own:g}"
+                           + (f", {source}." if source else "."))
     names: list[str] = []
     for model in models:
         names += [c for c in model.simam_viz.class_names if c not in names]

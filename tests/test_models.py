@@ -85,3 +85,16 @@ def test_no_inplace_breakage_under_anomaly_detection() -> None:
         missing = [name for name, p in model.named_parameters() if p.grad is None]
         assert missing == [], f"{arch}: no gradient for {missing[:3]} ..."
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()), arch
+
+
+def test_lambda_defaults_are_the_papers_two_values() -> None:
+    """SimAM() is the authors' module (1e-4, the paper's CIFAR value); build_model builds the
+    ImageNet ResNet-50 with the paper's ImageNet value 0.1, and the note says which is which."""
+    from simam_viz.networks.attention import CIFAR_LAMBDA, IMAGENET_LAMBDA, paper_lambda_note
+
+    assert SimAM().e_lambda == CIFAR_LAMBDA == 1e-4
+    model = build_model("simam_resnet50", width=0.125, num_classes=2)
+    assert model.simam_viz.simam_lambda == IMAGENET_LAMBDA == 0.1
+    assert model.layer1[0].conv2[1].e_lambda == 0.1
+    assert "ImageNet" in paper_lambda_note(0.1) and "CIFAR" in paper_lambda_note(1e-4)
+    assert paper_lambda_note(0.5) == ""

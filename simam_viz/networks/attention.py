@@ -13,7 +13,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SimAM", "SE", "ECA", "CBAM", "ChannelGate", "SpatialGate"]
+__all__ = [
+    "CIFAR_LAMBDA",
+    "IMAGENET_LAMBDA",
+    "SimAM",
+    "SE",
+    "ECA",
+    "CBAM",
+    "ChannelGate",
+    "SpatialGate",
+    "paper_lambda_note",
+]
+
+CIFAR_LAMBDA = 1e-4
+"""The paper's lambda for its CIFAR networks (section 4.1, searched on ResNet-20), and the
+default of the authors' module: ``SimAM()`` is their module as published."""
+IMAGENET_LAMBDA = 0.1
+"""The paper's lambda for ImageNet (section 4.2, searched on ResNet-18 at half resolution): the
+default of :func:`~simam_viz.networks.models.build_model`, whose ResNet-50 is the ImageNet
+network, and the lambda the demo models were trained with."""
+
+
+def paper_lambda_note(lam: float) -> str:
+    """Where a lambda comes from in the paper, in a few words ("" if it is neither value)."""
+    if lam == IMAGENET_LAMBDA:
+        return "the paper's ImageNet value (section 4.2; its CIFAR networks use 1e-4)"
+    if lam == CIFAR_LAMBDA:
+        return "the paper's CIFAR value (section 4.1; its ImageNet networks use 0.1)"
+    return ""
 
 
 class SimAM(nn.Module):
@@ -23,9 +50,13 @@ class SimAM(nn.Module):
     ``d / (4 (v + lambda)) + 0.5`` goes through a sigmoid to give one weight per neuron, and the
     output is ``x * weights``. The sigmoid is the child ``sigmoid`` so its output (the 3-D
     weights) can be hooked; the module's own forward hook sees its input and output.
+
+    Two defaults, on purpose: the module defaults to :data:`CIFAR_LAMBDA` (1e-4) as the
+    authors' module does, while :func:`~simam_viz.networks.models.build_model` builds the
+    ImageNet ResNet-50 and passes :data:`IMAGENET_LAMBDA` (0.1), the paper's value there.
     """
 
-    def __init__(self, e_lambda: float = 1e-4) -> None:
+    def __init__(self, e_lambda: float = CIFAR_LAMBDA) -> None:
         super().__init__()
         self.e_lambda = float(e_lambda)
         self.sigmoid = nn.Sigmoid()

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from simam_viz.networks.attention import IMAGENET_LAMBDA
 from simam_viz.networks.kinds import KINDS, AttentionKind
 from simam_viz.networks.preprocess import Preprocessing
 
@@ -189,7 +190,7 @@ def build_model(
     *,
     num_classes: int = 1000,
     width: float = 1.0,
-    simam_lambda: float = 0.1,
+    simam_lambda: float = IMAGENET_LAMBDA,
     resnet_variant: str = "v1.5",
     dilate_last: bool = False,
     se_reduced: Sequence[int] | None = None,
@@ -203,6 +204,8 @@ def build_model(
     ``dilate_last`` keeps layer4 at stride 16 so the last block's maps are twice as fine (for
     small inputs); ``se_reduced`` (per stage) and ``se_bias`` follow the SE checkpoint at hand;
     ``zero_init_residual`` zeroes each block's last BN scale (a training start, Goyal et al. 2017).
+    ``simam_lambda`` defaults to the paper's ImageNet value, 0.1 (section 4.2), because this is
+    the ImageNet ResNet-50; the bare ``SimAM()`` module keeps the authors' 1e-4 (CIFAR).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")

@@ -29,6 +29,7 @@ from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from simam_viz.errors import SimamVizError
+from simam_viz.networks.attention import IMAGENET_LAMBDA
 from simam_viz.networks.models import ARCHS, build_model
 from simam_viz.networks.preprocess import Preprocessing
 from simam_viz.weights.checkpoints import file_sha256, load_model, save_checkpoint
@@ -63,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     seed: int = 0
-    simam_lambda: float = 0.1
+    simam_lambda: float = IMAGENET_LAMBDA  # the paper's ImageNet value, as build_model
     max_steps: int | None = None  # stop early (smoke tests)
     device: str = "cpu"
     resume: bool = False
