@@ -64,7 +64,9 @@ def warm() -> None:
     try:
         # a drill for operators and tests: how the orchestrator treats a slow start
         time.sleep(float(os.environ.get("SIMAM_VIZ_WARM_DELAY_S", "0")))
-        import plotly.graph_objects  # noqa: F401  (the Channels view's charts)
+        from simam_viz.preload import preload_libraries
+
+        preload_libraries()  # one thread at a time: the first page imports them too
         import torch
 
         from simam_viz.images import image_sha256, load_image

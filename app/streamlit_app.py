@@ -17,7 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
-import torch
+
+from simam_viz.preload import preload_libraries
+
+preload_libraries()  # before any app module: the warm-up thread imports the same libraries
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # app/ modules (views, sidebar...)
 
