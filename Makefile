@@ -5,6 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
 .PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo trust-study study-seeds \
+	seed-study \
 	docker-smoke \
 	deploy-smoke
 
@@ -53,6 +54,15 @@ demo-weights: install system-deps
 # spread across seeds in docs/studies.md). ~26 min per model on this CPU; resumes where it stopped.
 study-seeds: install system-deps
 	bash scripts/study-seeds.sh
+
+# The localization study on every seed trained so far (the shipped models are seed 0; seeds
+# that make study-seeds finished join): each seed's means, their spread, and each model minus
+# ResNet-50 with its 95 % paired bootstrap interval per seed (build/seed_study/table.md).
+# Only the test split is generated if build/scenes is missing; two single-threaded processes.
+seed-study: install system-deps
+	test -d build/scenes/test || $(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 \
+		--train 0 --val 0 --test 600
+	OMP_NUM_THREADS=1 $(PY) scripts/seed_study.py --data build/scenes --jobs 2
 
 # The localization study of docs/studies.md (test split, all three demo models).
 evaluate-demo: install

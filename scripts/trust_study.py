@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def _job(args: tuple[str, str, str, int | None, str]) -> tuple[str, str, float]:
     start = time.perf_counter()
     model = load_model(ROOT / "checkpoints" / "demo" / f"{arch}.safetensors")
     rows = evaluate([model], data, methods=(method,), block=BLOCK, limit=limit,
-                    faithfulness=True, sanity=True, progress=True)
+                    faithfulness=True, sanity=True, baselines=True, progress=True)
     write_per_image(rows, _cache(Path(out), arch, method, limit))
     return arch, method, time.perf_counter() - start
 
@@ -74,13 +74,21 @@ def run_jobs(data: str, limit: int | None, out: Path, jobs: int) -> None:
     """Every missing (arch, method) job, ``jobs`` at a time, largest first."""
     todo = [(arch, method, data, limit, str(out)) for arch in reversed(ARCHS) for method in METHODS
             if not _cache(out, arch, method, limit).is_file()]
+    if todo:
+        out.mkdir(parents=True, exist_ok=True)
+    run_pool(_job, todo, jobs, lambda r: f"{r[0]} {r[1]}: {r[2] / 60:.1f} min")
+
+
+def run_pool(job: Callable[[Any], Any], todo: list[Any], jobs: int,
+             describe: Callable[[Any], str]) -> None:
+    """``job`` over ``todo`` in ``jobs`` single-threaded processes (two keep a shared 2-core
+    CPU busy without oversubscribing it), one line per finished job."""
     if not todo:
         return
-    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(max(1, jobs)) as pool:
-        for arch, method, seconds in pool.map(_job, todo):
-            print(f"{arch} {method}: {seconds / 60:.1f} min", flush=True)
+        for result in pool.map(job, todo):
+            print(describe(result), flush=True)
 
 
 def load_rows(out: Path, limit: int | None) -> list[dict[str, Any]]:

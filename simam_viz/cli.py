@@ -517,12 +517,29 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faithfulness", action="store_true",
                    help="add ROAD, drop/increase in confidence, deletion and insertion AUC "
                         "(means with 95%% bootstrap intervals)")
+    p.add_argument("--baselines", action="store_true",
+                   help="with --faithfulness: score a random map and a centred Gaussian map "
+                        "the same way, on the same scenes (columns road_random, road_center, "
+                        "...), as the reference point of each score; about triples its time")
     p.add_argument("--sanity", action="store_true",
                    help="add the cascading-randomization sanity check (Spearman, SSIM, HOG "
                         "at fc and at the last step, mean |Spearman|)")
+    p.add_argument("--sanity-mode", choices=("cascade", "independent"),
+                   help="with --sanity: randomise the layers cumulatively from the logits down "
+                        "(cascade, the default) or one at a time, all others trained "
+                        "(independent)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of ROAD's noise, the cascade and the bootstrap (default 0)")
     p.add_argument("--csv", help="write the table as CSV here")
+    p.add_argument("--paired", action="store_true",
+                   help="add each model minus the reference, and after minus before the "
+                        "attention module, on the same scenes: mean difference and its 95%% "
+                        "paired bootstrap interval for every metric")
+    p.add_argument("--reference", metavar="MODEL",
+                   help="with --paired: the model the others are compared with, by name or "
+                        "arch (default: resnet50 when it is evaluated)")
+    p.add_argument("--paired-csv", metavar="CSV",
+                   help="write the paired differences as CSV here (implies --paired)")
     p.add_argument("--per-image", metavar="JSON",
                    help="with --faithfulness/--sanity: write every image's scores (and the "
                         "sanity cascades) as JSON here")
@@ -531,7 +548,16 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from simam_viz.networks.models import validate_block
     from simam_viz.studies.distributed import sharded
-    from simam_viz.studies.evaluation import evaluate, format_table, write_csv, write_per_image
+    from simam_viz.studies.evaluation import (
+        evaluate,
+        format_paired_table,
+        format_table,
+        paired_differences,
+        pick_reference,
+        write_csv,
+        write_paired_csv,
+        write_per_image,
+    )
 
     validate_block(args.block)
     if args.limit is not None and args.limit < 1:
@@ -540,16 +566,34 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SimamVizError(f"--seed must be >= 0, got {args.seed}")
     if args.per_image and not (args.faithfulness or args.sanity):
         raise SimamVizError("--per-image needs --faithfulness or --sanity")
+    if args.sanity_mode is not None and not args.sanity:
+        raise SimamVizError("--sanity-mode needs --sanity")
+    if args.baselines and not args.faithfulness:
+        raise SimamVizError("--baselines needs --faithfulness")
+    paired = args.paired or bool(args.paired_csv)
+    if args.reference is not None and not paired:
+        raise SimamVizError("--reference needs --paired")
     with sharded(args.device) as shard:  # under torchrun: this rank's share of the images
         args.device = shard.device(args.device)
-        rows = evaluate(_load_models(args), args.data, split=args.split, methods=args.methods,
+        models = _load_models(args)
+        reference = pick_reference(
+            ((m.simam_viz.name, m.simam_viz.arch) for m in models), args.reference)
+        rows = evaluate(models, args.data, split=args.split, methods=args.methods,
                         block=args.block, limit=args.limit, faithfulness=args.faithfulness,
-                        sanity=args.sanity, seed=args.seed, progress=True, shard=shard)
+                        sanity=args.sanity, sanity_mode=args.sanity_mode or "cascade",
+                        seed=args.seed, progress=True, shard=shard, keep_values=paired,
+                        baselines=args.baselines)
         if not shard.main:  # every rank has the merged rows; rank 0 writes them, once
             return 0
     print(format_table(rows))
     if args.csv:
         print(f"wrote {write_csv(rows, args.csv)}")
+    if paired:
+        diffs = paired_differences(rows, reference, seed=args.seed)
+        print()
+        print(format_paired_table(diffs))
+        if args.paired_csv:
+            print(f"wrote {write_paired_csv(diffs, args.paired_csv)}")
     if args.per_image:
         print(f"wrote {write_per_image(rows, args.per_image)}")
     return 0

@@ -106,9 +106,13 @@ def test_columns_are_means_of_direct_calls(rows: list[dict], models: list, data:
                 else:
                     assert row[f"{score}_{step}"] == pytest.approx(np.nanmean(values), rel=1e-9)
         spearman = np.array([[st.spearman for st in s] for s in steps])  # images x 18
+        flat = np.array([[st.flat for st in s] for s in steps])
+        defined = ~np.isnan(spearman).all(axis=1)  # images whose trained map is not flat
+        # the flat-map rule: a flat map counts as 0, not left out
+        assert np.all(spearman[defined][flat[defined]] == 0.0)
         per_image = [np.mean(np.abs(r[~np.isnan(r)])) for r in spearman if (~np.isnan(r)).any()]
         assert row["mean_abs_spearman"] == pytest.approx(np.mean(per_image), rel=1e-9)
-        assert row["flat"] == pytest.approx(100.0 * np.isnan(spearman).mean())
+        assert row["flat"] == pytest.approx(100.0 * flat.mean())
         np.testing.assert_array_equal(np.asarray(row["cascade"]["spearman"], dtype=float),
                                       spearman)
 

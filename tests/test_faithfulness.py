@@ -24,6 +24,7 @@ from simam_viz.engine.trust import (
     SANITY_LAYERS,
     SANITY_SCORES,
     SCORES,
+    _break_ties,
     compare_maps,
     faithfulness,
     sanity_check,
@@ -125,7 +126,9 @@ def test_library_scores_equal_the_library_called_directly(scores, simam, dog) ->
     targets = [ClassifierOutputSoftmaxTarget(scores["target"])]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # ROAD's imputer draws noise; faithfulness seeds it with seed=0
-        road = ROADCombined(percentiles=[20, 40, 60, 80])(x, cam, targets, simam)
+        # ROAD sees the map with its ties broken (tests/test_trust_baselines.py checks how)
+        road = ROADCombined(percentiles=[20, 40, 60, 80])(x, _break_ties(cam[0], 0)[None],
+                                                          targets, simam)
     drop = DropInConfidence()(x, cam, targets, simam)
     increase = IncreaseInConfidence()(x, cam, targets, simam)
     assert scores["road"] == pytest.approx(float(road[0]), abs=1e-6)
@@ -221,7 +224,8 @@ def test_sanity_steps_cascade_from_the_logits_down(steps, simam, dog) -> None:
         got = compare_maps(reference, step.cam)
         assert (step.spearman, step.ssim, step.hog) == pytest.approx(
             (got["spearman"], got["ssim"], got["hog"]), nan_ok=True)
-        assert step.scores()["layer"] == step.layer
+        assert step.flat == got["flat"] == (np.ptp(step.cam) == 0)
+        assert step.scores()["layer"] == step.layer and step.scores()["flat"] == step.flat
 
 
 def test_sanity_steps_equal_a_hand_randomised_copy(steps, simam, dog) -> None:
@@ -255,13 +259,16 @@ def test_sanity_is_reproducible_per_seed() -> None:
     assert not np.array_equal(first[0].cam, other[0].cam)
 
 
-def test_map_against_itself_scores_one_and_flat_maps_give_nan(steps) -> None:
+def test_map_against_itself_scores_one_and_flat_maps_score_zero(steps) -> None:
     cam = steps[0].cam
-    assert compare_maps(cam, cam) == pytest.approx({"spearman": 1.0, "ssim": 1.0, "hog": 1.0})
+    assert compare_maps(cam, cam) == pytest.approx(
+        {"spearman": 1.0, "ssim": 1.0, "hog": 1.0, "flat": False})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ConstantInputWarning either
         flat = compare_maps(cam, np.zeros_like(cam))
-    assert np.isnan(flat["spearman"]) and np.isnan(flat["hog"]) and np.isfinite(flat["ssim"])
+    # the flat-map rule: no agreement with the trained map, not a value left out
+    assert flat["flat"] and flat["spearman"] == 0.0 and flat["hog"] == 0.0
+    assert np.isfinite(flat["ssim"])
     assert np.isnan(compare_maps(cam, np.full_like(cam, np.nan))["ssim"])
 
 
