@@ -193,11 +193,15 @@ echo "== 2 replicas, $SESSIONS sessions, then one replica stopped"
 t0=$(now); run_app 2; wait_ready "$NAME-app-2" "$t0" proxy
 # the proxy follows the name `app` by itself (deploy/proxy/proxy-entrypoint.sh) and takes a
 # replica into its round robin once its /readyz says 200: wait for that
+# (it learns the new address from podman's DNS, which has taken from 2 s to 50 s here)
 replicas() { proxy_file upstream-servers.conf | grep -c '^server ' || true; }
-for _ in $(seq 80); do
+t1=$(now)
+for _ in $(seq 240); do
   [ "$(replicas)" = 2 ] && break
   sleep 0.5
 done
+echo "proxy: second replica in its round robin $(awk -v a="$t1" -v b="$(now)" \
+  'BEGIN { printf "%.1f", b - a }') s after it was ready"
 if [ "$(replicas)" != 2 ]; then
   echo "error: the proxy did not take the second (ready) replica into its round robin"
   podman logs "$NAME-proxy" 2>&1 | grep -v '^10\.' | tail -5
