@@ -117,6 +117,17 @@ class ShapeSummary:
     high: float
     variance: dict[str, float]
 
+    def profile(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The channel weights strongest first, for drawing models with different channel
+        counts on one axis: (channel order, rank as a fraction in (0, 1), weights, spread or
+        None), ties in channel order. Raises ValueError without channel weights."""
+        if self.channel is None:
+            raise ValueError("these weights have no channel weights")
+        order = np.argsort(-self.channel, kind="stable")
+        rank = (np.arange(order.size) + 0.5) / order.size
+        spread = None if self.channel_spread is None else self.channel_spread[order]
+        return order, rank, self.channel[order], spread
+
     def report(self) -> dict[str, object]:
         """Numbers a reader may cite (the arrays stay in the npz export)."""
         return {

@@ -23,6 +23,7 @@ from torch import nn
 from simam_viz.engine.analysis import Analysis, analyze
 from simam_viz.networks.models import BLOCKS, DEFAULT_BLOCK
 from simam_viz.rendering import figures, panels
+from simam_viz.rendering.shape_figures import shapes_figure, shapes_report
 
 __all__ = ["FIGURES", "ExportRequest", "analyze_all", "figure6_figure", "render",
            "write_exports"]
@@ -147,22 +148,13 @@ def _shape_models(results: Sequence[Analysis],
 
 def _shapes_figure(results: Sequence[Analysis], block: str) -> Figure | None:
     """The attention-shapes composite (the paper's Figure 2 on this image), if any model has
-    weights; imported here so that exports work without the shapes module."""
+    weights."""
     models = _shape_models(results, block)
-    if not models:
-        return None
-    try:
-        from simam_viz.rendering.shape_figures import shapes_figure
-    except ImportError:
-        LOG.info("no attention-shapes figure: simam_viz.rendering.shape_figures is missing")
-        return None
-    return shapes_figure(models, block=block)
+    return shapes_figure(models, block=block) if models else None
 
 
 def _shapes_report(results: Sequence[Analysis], block: str) -> dict[str, Any]:
     """The numbers behind the shapes composite, for its JSON."""
-    from simam_viz.rendering.shape_figures import shapes_report
-
     return shapes_report(_shape_models(results, block), block=block)
 
 

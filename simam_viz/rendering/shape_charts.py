@@ -15,11 +15,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from simam_viz.engine.attention_shapes import SHARES, ShapeSummary
+from simam_viz.rendering.shape_figures import SHARE_COLOURS
 
-__all__ = ["SHARE_COLOURS", "channel_profiles", "position_maps", "variance_bars"]
+__all__ = ["channel_profiles", "position_maps", "variance_bars"]
 
 Models = Sequence[tuple[str, ShapeSummary]]
-SHARE_COLOURS = {"channel": "#1f77b4", "spatial": "#ff7f0e", "interaction": "#2ca02c"}
 _SHARE_TEXT = {"channel": "channel (what SE/ECA can do)",
                "spatial": "spatial (what a spatial gate can do)",
                "interaction": "interaction (3-D only)"}
@@ -60,17 +60,15 @@ def channel_profiles(models: Models) -> go.Figure:
         if s.channel is None:
             continue
         colour = palette[i % len(palette)]
-        order = np.argsort(-s.channel, kind="stable")
-        rank = (np.arange(order.size) + 0.5) / order.size
-        if s.channel_spread is not None:
-            mean, spread = s.channel[order], s.channel_spread[order]
+        order, rank, mean, spread = s.profile()
+        if spread is not None:
             fig.add_trace(go.Scatter(
                 x=np.concatenate([rank, rank[::-1]]),
                 y=np.concatenate([mean + spread, (mean - spread)[::-1]]), fill="toself",
                 fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip",
                 name=f"{name}: spread over positions"))
         fig.add_trace(go.Scatter(
-            x=rank, y=s.channel[order], mode="lines", line={"color": colour}, name=name,
+            x=rank, y=mean, mode="lines", line={"color": colour}, name=name,
             customdata=order,
             hovertemplate=name + "<br>channel %{customdata}<br>weight %{y:.4f}<extra></extra>"))
     fig.update_layout(height=320, margin=_MARGIN, title="Channel weights, strongest first",

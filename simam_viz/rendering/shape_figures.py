@@ -20,11 +20,12 @@ from simam_viz.engine.attention_shapes import SHARES, ShapeSummary, shape_summar
 from simam_viz.networks.kinds import SHAPES
 from simam_viz.rendering.jsonsafe import to_json_safe
 
-__all__ = ["COLUMNS", "shapes_figure", "shapes_report", "summaries"]
+__all__ = ["COLUMNS", "SHARE_COLOURS", "shapes_figure", "shapes_report", "summaries"]
 
 COLUMNS = ("Channel weights", "Spatial gate", "Applied weights (channel mean)",
            "Variance shares")
-_SHARE_COLOURS = {"channel": "#1f77b4", "spatial": "#ff7f0e", "interaction": "#2ca02c"}
+SHARE_COLOURS = {"channel": "#1f77b4", "spatial": "#ff7f0e", "interaction": "#2ca02c"}
+"""One colour per variance share, the same in the export and the app's chart."""
 PANEL_W, PANEL_H = 2.6, 2.2  # inches per panel
 TOP = 0.35  # inches above the first row for column titles
 BOTTOM = 0.6  # inches under the last row for its axis label and the shares' legend
@@ -88,12 +89,10 @@ def _channel_panel(ax, s: ShapeSummary) -> None:
     if s.channel is None:
         _blank(ax, "none: no channel weights")
         return
-    order = np.argsort(-s.channel, kind="stable")
-    rank = (np.arange(order.size) + 0.5) / order.size
-    if s.channel_spread is not None:
-        mean, spread = s.channel[order], s.channel_spread[order]
+    _, rank, mean, spread = s.profile()
+    if spread is not None:
         ax.fill_between(rank, mean - spread, mean + spread, alpha=0.25, linewidth=0)
-    ax.plot(rank, s.channel[order], linewidth=1)
+    ax.plot(rank, mean, linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=6)
@@ -104,7 +103,7 @@ def _shares_panel(ax, s: ShapeSummary) -> None:
     for share in SHARES:
         value = s.variance[share]
         value = 0.0 if np.isnan(value) else value
-        ax.barh([0], [value], left=left, color=_SHARE_COLOURS[share], label=share)
+        ax.barh([0], [value], left=left, color=SHARE_COLOURS[share], label=share)
         if value >= 0.12:
             ax.text(left + value / 2, 0, f"{value:.0%}", ha="center", va="center", fontsize=7,
                     color="white")
