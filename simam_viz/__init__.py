@@ -29,6 +29,7 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from simam_viz.engine.analysis import Analysis, analyze
     from simam_viz.engine.attention_shapes import weight_variance
+    from simam_viz.engine.intervention import Intervention, intervene
     from simam_viz.engine.neuron import explain_neuron
     from simam_viz.engine.trust import faithfulness, sanity_check
     from simam_viz.errors import (
@@ -69,6 +70,8 @@ _LAZY: dict[str, str] = {
     "sanity_check": "simam_viz.engine.trust",
     "explain_neuron": "simam_viz.engine.neuron",
     "weight_variance": "simam_viz.engine.attention_shapes",
+    "intervene": "simam_viz.engine.intervention",
+    "Intervention": "simam_viz.engine.intervention",
 }
 
 
@@ -100,6 +103,7 @@ __all__ = [
     "CheckpointError",
     "FetchError",
     "ImageError",
+    "Intervention",
     "ModelInfo",
     "Preprocessing",
     "SimAM",
@@ -111,6 +115,7 @@ __all__ = [
     "faithfulness",
     "identify_checkpoint",
     "imagenet_classes",
+    "intervene",
     "load_model",
     "model_info",
     "sanity_check",

@@ -79,6 +79,19 @@ class AttentionKind:
         return self.module_type is not None
 
     @property
+    def interventions(self) -> tuple[str, ...]:
+        """The counterfactual weights :func:`simam_viz.intervene` can put in this kind's place.
+
+        Every attention module's weights can be removed (``identity``), flattened to their
+        mean (``constant``) or reduced to their channel or spatial part; only a module whose
+        weights are Eqn (5)'s closed form (SimAM) also has Eqn (2)'s ``exact`` minimum.
+        """
+        if not self.has_attention:
+            return ()
+        return ("identity", "constant", "channel_mean", "spatial_mean") + (
+            ("exact",) if self.has_lambda else ())
+
+    @property
     def site_text(self) -> str:
         """Where the module acts, in words (for captions and the About view)."""
         if self.site == "conv2":
