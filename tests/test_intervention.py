@@ -312,3 +312,21 @@ def test_bad_arguments_are_one_line_errors(arch: str, kwargs: dict, message: str
     with pytest.raises(AnalysisError, match=message) as info:
         intervene(model, _image(0), **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_effects_per_block_set_match_intervene(models) -> None:
+    from simam_viz.engine.intervention import intervention_effects
+
+    model = models["simam_resnet50"]
+    x = _image(11)
+    sets = {"layer2": tuple(f"layer2.{i}" for i in range(4)), "one": ("layer3.1",)}
+    table = intervention_effects(model, x, mode="channel_mean", block_sets=sets)
+    ref = table["reference"]
+    for name, blocks in sets.items():
+        full = intervene(model, x, mode="channel_mean", blocks=blocks)
+        assert ref["target"] == full.target and ref["prob"] == pytest.approx(full.prob_ref)
+        assert table[name]["prob"] == pytest.approx(full.prob, abs=1e-6)
+        assert table[name]["kl"] == pytest.approx(full.kl, abs=1e-6)
+        assert table[name]["top1"] == full.top1
+    with pytest.raises(AnalysisError, match="no block set"):
+        intervention_effects(model, x, mode="identity", block_sets={})

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -57,6 +57,7 @@ __all__ = [
     "exact_simam_weights",
     "intervene",
     "intervened",
+    "intervention_effects",
     "replace_weights",
 ]
 
@@ -344,13 +345,7 @@ def intervene(
         table = None
         if per_block:
             start = time.perf_counter()
-            table = {}
-            with torch.no_grad():
-                for block in chosen:
-                    with intervened(model, (block,), mode):
-                        p_block = _probabilities(model(x))
-                    table[block] = {"prob": float(p_block[chosen_target]),
-                                    "kl": _kl(p_ref, p_block), "top1": int(p_block.argmax())}
+            table = _effects(model, x, mode, {b: (b,) for b in chosen}, p_ref, chosen_target)
             timings["per_block"] = time.perf_counter() - start
         lam = _simam_lambda(model) if info.kind.has_lambda else None
     result = Intervention(
@@ -365,6 +360,51 @@ def intervene(
     LOG.debug("intervened %s: %s on %d blocks, target %d, p %.3f -> %.3f", result.model_name,
               mode, len(chosen), chosen_target, result.prob_ref, result.prob)
     return result
+
+
+def _effects(model: nn.Module, x: torch.Tensor, mode: str,
+             block_sets: Mapping[str, Sequence[str]], p_ref: torch.Tensor, target: int
+             ) -> dict[str, dict[str, float | int]]:
+    """Forward passes only: for each named set of blocks changed together, the target's
+    probability, KL(p_ref || p) and the top-1 class. The caller holds the lock and state."""
+    table: dict[str, dict[str, float | int]] = {}
+    with torch.no_grad():
+        for name, blocks in block_sets.items():
+            with intervened(model, blocks, mode):
+                p = _probabilities(model(x))
+            table[name] = {"prob": float(p[target]), "kl": _kl(p_ref, p), "top1": int(p.argmax())}
+    return table
+
+
+def intervention_effects(
+    model: nn.Module,
+    image: Image.Image | torch.Tensor,
+    *,
+    mode: str,
+    block_sets: Mapping[str, Sequence[str]],
+    target: int | str | None = None,
+    simam_lambda: float | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """What ``mode`` does to the decision for each named set of blocks, forward passes only.
+
+    For studies over many images (no Grad-CAM): ``{"layer1": ("layer1.0", ...), "all": ...}``
+    gives ``{name: {"prob", "kl", "top1"}}`` plus ``"reference": {"prob", "kl": 0, "top1"}``
+    for the unchanged model. ``target=None`` follows the reference run's top-1 class.
+    """
+    info = model_info(model)
+    if not block_sets:
+        raise AnalysisError("no block set given to change")
+    checked = {name: _validate(model, mode, blocks, DEFAULT_BLOCK, simam_lambda)
+               for name, blocks in block_sets.items()}
+    wanted = resolve_target(target, info.class_names)
+    x, _ = prepare_input(image, info, next(model.parameters()).device)
+    with model_lock(model), analysis_state(model, simam_lambda), torch.no_grad():
+        p_ref = _probabilities(model(x))
+        chosen = int(p_ref.argmax()) if wanted is None else wanted
+        table = {"reference": {"prob": float(p_ref[chosen]), "kl": 0.0,
+                               "top1": int(p_ref.argmax()), "target": chosen}}
+        table.update(_effects(model, x, mode, checked, p_ref, chosen))
+    return table
 
 
 def _simam_lambda(model: nn.Module) -> float | None:
