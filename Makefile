@@ -74,10 +74,13 @@ evaluate-demo: install
 # (build/trust_study/table.md) and docs/study/sanity_cascade.png.
 # Only the test split is generated if build/scenes is missing (scenes are a pure function of
 # seed, split and index, so it is the same as the full run's); two single-threaded processes.
+# TRUST_METHODS picks the CAM methods (docs/studies.md's tables: Grad-CAM only).
+TRUST_METHODS ?= gradcam
 trust-study: install system-deps
 	test -d build/scenes/test || $(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 \
 		--train 0 --val 0 --test 600
-	OMP_NUM_THREADS=1 $(PY) scripts/trust_study.py --data build/scenes --limit 48 --jobs 2
+	OMP_NUM_THREADS=1 $(PY) scripts/trust_study.py --data build/scenes --limit 48 --jobs 2 \
+		--methods $(TRUST_METHODS)
 
 # Build the Docker image with podman and probe it (health, page, upload in a real browser).
 docker-smoke: install system-deps

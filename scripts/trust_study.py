@@ -70,9 +70,10 @@ def _cache(out: Path, arch: str, method: str, limit: int | None) -> Path:
     return out / f"{arch}-{method.replace('+', 'p')}-n{limit or 'all'}.json"
 
 
-def run_jobs(data: str, limit: int | None, out: Path, jobs: int) -> None:
+def run_jobs(data: str, limit: int | None, out: Path, jobs: int,
+             methods: Sequence[str] = METHODS) -> None:
     """Every missing (arch, method) job, ``jobs`` at a time, largest first."""
-    todo = [(arch, method, data, limit, str(out)) for arch in reversed(ARCHS) for method in METHODS
+    todo = [(arch, method, data, limit, str(out)) for arch in reversed(ARCHS) for method in methods
             if not _cache(out, arch, method, limit).is_file()]
     if todo:
         out.mkdir(parents=True, exist_ok=True)
@@ -91,11 +92,12 @@ def run_pool(job: Callable[[Any], Any], todo: list[Any], jobs: int,
             print(describe(result), flush=True)
 
 
-def load_rows(out: Path, limit: int | None) -> list[dict[str, Any]]:
+def load_rows(out: Path, limit: int | None, methods: Sequence[str] = METHODS
+              ) -> list[dict[str, Any]]:
     """All cached rows, NaN restored where the JSON has null."""
     rows = []
     for arch in ARCHS:
-        for method in METHODS:
+        for method in methods:
             path = _cache(out, arch, method, limit)
             if not path.is_file():
                 raise SystemExit(f"{path} is missing: run without --from-cache first")
@@ -128,8 +130,16 @@ def _ordered(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
+BASELINE_TITLES = {"random": "random map", "center": "centred Gaussian map"}
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """docs/studies.md's two tables: faithfulness, then sanity, each cell mean [95 % interval]."""
+    """docs/studies.md's tables: faithfulness with each block output's two baseline maps (the
+    same scores for maps that know nothing, on the same scenes), each map minus its random
+    baseline with a paired interval, sanity, and each model minus ResNet-50 (paired)."""
+    from simam_viz.studies.evaluation import format_paired_table, paired_differences
+
+    rows = [{**r, "model": TITLES[r["arch"]]} for r in rows]  # titles, not file names
     out = []
     for columns in (FAITHFULNESS_COLUMNS, SANITY_COLUMNS):
         out += ["| model | method | map | " + " | ".join(t for _, t in columns) + " |",
@@ -137,8 +147,42 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         for r in _ordered(rows):
             out.append(f"| {TITLES[r['arch']]} | {METHOD_TITLES[r['method']]} | {_map_label(r)} | "
                        + " | ".join(_cell(r, f) for f, _ in columns) + " |")
+            if columns is FAITHFULNESS_COLUMNS and r["where"] == "output":
+                for kind, title in BASELINE_TITLES.items():
+                    if f"road_{kind}" in r:
+                        out.append(f"| | | {title} | " + " | ".join(
+                            _cell(r, f"{f}_{kind}") for f, _ in columns) + " |")
         out.append("")
+    out += [baseline_differences(rows), "",
+            format_paired_table(paired_differences(rows, "resnet50")), ""]
     return "\n".join(out)
+
+
+def baseline_differences(rows: Sequence[dict[str, Any]]) -> str:
+    """Each map's score minus its random map's on the same scenes, with the paired interval
+    (``bootstrap_interval(minus=...)``): is the map better than one that knows nothing?"""
+    import numpy as np
+
+    from simam_viz.studies.evaluation import bootstrap_interval
+
+    lines = ["| model | method | map | " + " | ".join(f"{t} − random" for _, t in
+                                                    FAITHFULNESS_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(FAITHFULNESS_COLUMNS)]
+    for r in _ordered(rows):
+        values = r.get("per_image", {})
+        if r["where"] != "output" or "road_random" not in values:
+            continue
+        cells = []
+        for field, _ in FAITHFULNESS_COLUMNS:
+            a = np.asarray(values[field], dtype=np.float64)
+            b = np.asarray(values[f"{field}_random"], dtype=np.float64)
+            both = np.isfinite(a) & np.isfinite(b)
+            lo, hi = bootstrap_interval(a, minus=b)
+            star = " *" if lo > 0 or hi < 0 else ""
+            cells.append(f"{float(np.mean(a[both] - b[both])):+.3f} [{lo:+.3f}, {hi:+.3f}]{star}")
+        lines.append(f"| {TITLES[r['arch']]} | {METHOD_TITLES[r['method']]} | "
+                     f"{_map_label(r)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def figure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -194,12 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "build" / "trust_study"))
     parser.add_argument("--figure", default=str(ROOT / "docs" / "study" / "sanity_cascade.png"))
     parser.add_argument("--from-cache", action="store_true", help="only redraw table and figure")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="CAM methods (default: all three)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.perf_counter()
     if not args.from_cache:
-        run_jobs(args.data, args.limit, out, args.jobs)
-    rows = load_rows(out, args.limit)
+        run_jobs(args.data, args.limit, out, args.jobs, args.methods)
+    rows = load_rows(out, args.limit, args.methods)
     table = markdown(rows)
     (out / "table.md").write_text(table, encoding="utf-8")
     print(table)
