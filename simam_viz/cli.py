@@ -426,6 +426,102 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- intervene ------------------------------------------------------------------------------
+
+
+def _intervene_args(p: argparse.ArgumentParser) -> None:
+    from simam_viz.engine.intervention import MODES
+    from simam_viz.networks.models import DEFAULT_BLOCK
+
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="checkpoint key, registry name or path of a model with attention "
+                        "(default: the demo SimAM-ResNet-50)")
+    p.add_argument("--mode", required=True, choices=list(MODES),
+                   help="what the changed modules' weights become (exact: SimAM only)")
+    p.add_argument("--blocks", nargs="+", metavar="BLOCK",
+                   help="blocks to change together: layer1.0 ... layer4.2, or a stage "
+                        "(layer1 ... layer4) for its attention blocks (default: all)")
+    p.add_argument("--per-block", action="store_true",
+                   help="also change each of those blocks alone (forward passes only)")
+    p.add_argument("--target", help="class index or name (default: the model's top-1)")
+    p.add_argument("--lambda", dest="simam_lambda", type=float, metavar="L",
+                   help="SimAM lambda for both runs (default: the model's)")
+    p.add_argument("--cam-block", default=DEFAULT_BLOCK, metavar="BLOCK",
+                   help=f"where the Grad-CAM before and after is taken (default {DEFAULT_BLOCK})")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for intervention.json and intervention.png")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+
+
+def _expand_blocks(blocks: Sequence[str] | None, model: object) -> list[str] | None:
+    """A stage name (``layer3``) stands for that stage's attention blocks; block names pass
+    through for :func:`~simam_viz.intervene` to check."""
+    if blocks is None:
+        return None
+    from simam_viz.engine.intervention import attention_blocks
+    from simam_viz.networks.models import BLOCKS
+
+    available = attention_blocks(model)
+    out: list[str] = []
+    for block in blocks:
+        stage = [b for b in BLOCKS if b.split(".")[0] == block]
+        if not stage:  # a block name, or a typo that intervene() reports
+            out.append(block)
+            continue
+        # a stage without attention passes its blocks on, for intervene()'s own message
+        out += [b for b in stage if b in available] or stage
+    return out
+
+
+def _intervene(args: argparse.Namespace) -> int:
+    """``intervene`` on one image and one model; JSON and the export figure in ``--out``.
+
+    Every argument is checked before the model runs (a bad one is a usage error); the JSON
+    is :func:`~simam_viz.rendering.intervention_figures.intervention_report`'s, the record the
+    app's export writes, plus the image, checkpoint and resolution.
+    """
+    from simam_viz.devices import resolve_device
+    from simam_viz.engine.intervention import intervene
+    from simam_viz.images import image_sha256, load_image
+    from simam_viz.networks.models import validate_block
+    from simam_viz.rendering.figures import check_dpi, save_png, write_manifest
+    from simam_viz.weights.catalog import load, resolve
+
+    validate_block(args.cam_block)
+    check_dpi(args.dpi, "--dpi")
+    if args.simam_lambda is not None and not args.simam_lambda > 0:
+        raise SimamVizError(f"--lambda must be positive, got {args.simam_lambda}")
+    image = load_image(args.image)  # a bad image fails before a model is loaded
+    item = resolve(args.checkpoint) if args.checkpoint else _demo_simam()
+    model = load(item, str(resolve_device(args.device)))
+    result = intervene(model, image, mode=args.mode, target=args.target,
+                       blocks=_expand_blocks(args.blocks, model), per_block=args.per_block,
+                       simam_lambda=args.simam_lambda, cam_block=args.cam_block)
+    from simam_viz.rendering.intervention_figures import (  # matplotlib only from here
+        intervention_figure,
+        intervention_report,
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = save_png(intervention_figure([result], dpi=args.dpi), out / "intervention.png",
+                   dpi=args.dpi)
+    manifest = write_manifest(out / "intervention.json", {
+        **intervention_report([result]), "image": str(args.image),
+        "image_sha256": image_sha256(Path(args.image).read_bytes()),
+        "checkpoint": item.key, "checkpoint_path": str(item.path), "dpi": args.dpi,
+        "timings": result.timings})
+    print(f"{result.model_name}: {args.mode} on {len(result.blocks)} block(s), "
+          f"{result.target_name} p {result.prob_ref:.4f} -> {result.prob:.4f} "
+          f"({result.prob_change:+.4f}), KL {result.kl:.4g}, top-1 "
+          + ("flipped" if result.flipped else "kept"))
+    for path in (manifest, png):
+        print(f"wrote {path}")
+    return 0
+
+
 # ---- scenes / train --------------------------------------------------------------------------
 
 
@@ -542,7 +638,18 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="write the paired differences as CSV here (implies --paired)")
     p.add_argument("--per-image", metavar="JSON",
                    help="with --faithfulness/--sanity: write every image's scores (and the "
-                        "sanity cascades) as JSON here")
+                        "sanity cascades) as JSON here; with --interventions every scene's "
+                        "values, as CSV if the name ends in .csv, else JSON")
+    from simam_viz.engine.intervention import MODES
+
+    p.add_argument("--interventions", action="store_true",
+                   help="instead of the maps: per model with attention, mode and stage, the "
+                        "change in the target's (top-1's) probability, the share of top-1 "
+                        "flips and the KL when its attention weights are replaced, with 95%% "
+                        "bootstrap intervals, and paired mode-against-mode differences")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), metavar="MODE",
+                   help=f"with --interventions: the modes ({', '.join(MODES)}; default: "
+                        "every mode each model's kind takes)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -564,6 +671,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SimamVizError(f"--limit must be at least 1, got {args.limit}")
     if args.seed < 0:
         raise SimamVizError(f"--seed must be >= 0, got {args.seed}")
+    if args.interventions:
+        return _evaluate_interventions(args)
+    if args.modes is not None:
+        raise SimamVizError("--modes needs --interventions")
     if args.per_image and not (args.faithfulness or args.sanity):
         raise SimamVizError("--per-image needs --faithfulness or --sanity")
     if args.sanity_mode is not None and not args.sanity:
@@ -596,6 +707,52 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"wrote {write_paired_csv(diffs, args.paired_csv)}")
     if args.per_image:
         print(f"wrote {write_per_image(rows, args.per_image)}")
+    return 0
+
+
+def _evaluate_interventions(args: argparse.Namespace) -> int:
+    """``evaluate --interventions``: the intervention study's tables (markdown, CSV).
+
+    No map is scored here (the study runs forward passes only): the flags that score maps
+    are refused rather than silently ignored; ``--methods`` and ``--block``, which have
+    defaults, are not used.
+    """
+    from simam_viz.studies.distributed import sharded
+    from simam_viz.studies.interventions import (
+        format_intervention_table,
+        format_paired_interventions,
+        intervention_study,
+        paired_interventions,
+        write_intervention_csv,
+        write_paired_csv,
+        write_per_image_csv,
+        write_rows,
+    )
+
+    clashing = [flag for flag, given in (
+        ("--faithfulness", args.faithfulness), ("--sanity", args.sanity),
+        ("--baselines", args.baselines), ("--sanity-mode", args.sanity_mode is not None),
+        ("--reference", args.reference is not None)) if given]
+    if clashing:
+        raise SimamVizError(f"--interventions cannot be combined with {clashing[0]}")
+    with sharded(args.device) as shard:
+        args.device = shard.device(args.device)
+        models = _load_models(args)
+        rows = intervention_study(models, args.data, split=args.split, modes=args.modes,
+                                  limit=args.limit, seed=args.seed, progress=True, shard=shard)
+        if not shard.main:
+            return 0
+    diffs = paired_interventions(rows, seed=args.seed)
+    print(format_intervention_table(rows))
+    print()
+    print(format_paired_interventions(diffs))
+    if args.csv:
+        print(f"wrote {write_intervention_csv(rows, args.csv)}")
+    if args.paired_csv:
+        print(f"wrote {write_paired_csv(diffs, args.paired_csv)}")
+    if args.per_image:
+        write = write_per_image_csv if args.per_image.lower().endswith(".csv") else write_rows
+        print(f"wrote {write(rows, args.per_image)}")
     return 0
 
 
@@ -659,6 +816,8 @@ COMMANDS: list[Command] = [
             _figure_args, _figure),
     Command("explain", "why SimAM gave one neuron its weight (energy, Eqns 2, 5, 6) as JSON",
             _explain_args, _explain),
+    Command("intervene", "replace attention weights by counterfactuals and run again (JSON + PNG)",
+            _intervene_args, _intervene),
     Command("scenes", "generate the synthetic emoji scene dataset", _scenes_args, _scenes),
     Command("train", "train ResNet-50 variants identically on an ImageFolder",
             _train_args, _train),

@@ -573,18 +573,25 @@ def format_paired_table(diffs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_paired_csv(diffs: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """:func:`paired_differences`' rows as CSV (:data:`PAIRED_FIELDS`, one line per pair and
-    metric; 4 decimals, enough for trust scores and for percentage points alike)."""
+def write_dict_csv(rows: Iterable[dict[str, Any]], fields: Sequence[str], path: str | Path,
+                   *, digits: int = 4) -> Path:
+    """``rows`` as CSV with the columns ``fields`` (other keys ignored), floats to ``digits``
+    decimals; the folder is created. The one CSV writer of the study tables."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(PAIRED_FIELDS), extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
-        for diff in diffs:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v
-                             for k, v in diff.items()})
+        for row in rows:
+            writer.writerow({k: f"{v:.{digits}f}" if isinstance(v, float) else v
+                             for k, v in row.items() if k in fields})
     return path
+
+
+def write_paired_csv(diffs: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """:func:`paired_differences`' rows as CSV (:data:`PAIRED_FIELDS`, one line per pair and
+    metric; 4 decimals, enough for trust scores and for percentage points alike)."""
+    return write_dict_csv(diffs, PAIRED_FIELDS, path)
 
 
 def _csv_value(field: str, value: object) -> object:
