@@ -41,6 +41,7 @@ from views.compare import view_compare  # noqa: E402
 from views.explain import explained, view_explain  # noqa: E402
 from views.export import view_export  # noqa: E402
 from views.inside import view_inside  # noqa: E402
+from views.interventions import view_interventions  # noqa: E402
 from views.trust import finished_checks, view_trust  # noqa: E402
 from widgets import (  # noqa: E402
     DEFAULT_STAGE,
@@ -56,32 +57,35 @@ from simam_viz.errors import SimamVizError  # noqa: E402
 from simam_viz.images import image_sha256  # noqa: E402
 from simam_viz.rendering.panels import FIGURE1_BLOCK  # noqa: E402
 from simam_viz.serving.guidance import unfamiliar_image_note  # noqa: E402
-from simam_viz.serving.service import analysis_key, shared_service  # noqa: E402
+from simam_viz.serving.service import AnalysisKey, analysis_key, shared_service  # noqa: E402
 from simam_viz.weights.catalog import CatalogItem  # noqa: E402
 
 LOG = logging.getLogger("simam_viz.app")
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma"]
-VIEWS = ["Compare models", "Inside attention", "Attention shapes", "Explain SimAM", "Channels",
-         "Trust", "Export", "About"]
+VIEWS = ["Compare models", "Inside attention", "Attention shapes", "Explain SimAM",
+         "What SimAM adds", "Channels", "Trust", "Export", "About"]
 
 
 def run(items: list[CatalogItem], models: list[torch.nn.Module], data: bytes, sha: str,
-        device: str, opts: dict) -> tuple[list[tuple[Analysis, bool]], list[str]]:
+        device: str, opts: dict
+        ) -> tuple[list[tuple[Analysis, bool]], list[str], list[AnalysisKey]]:
     """One analysis per model, recalled from the shared cache or run once (all 16 blocks),
-    and each one's cache key as text (the on-screen pictures are cached under it)."""
+    each one's cache key as text (the on-screen pictures are cached under it) and as the key
+    itself (the Inside view analyses other images with the same settings under it)."""
     service = shared_service()
-    results, keys = [], []
+    results, keys, analysis_keys = [], [], []
     for item, model in zip(items, models, strict=True):
         key = analysis_key(sha, item.key, model, device, opts["target"], opts["method"],
                            opts["lambda"])
         keys.append(repr(key))
+        analysis_keys.append(key)
         cached = service.cache.get(key)  # checked here too so a hit never decodes the image
         if cached is not None:
             results.append((cached, True))
             continue
         with st.spinner(f"Analysing with {model.simam_viz.name}…"):
             results.append(service.analysis(key, model, decoded(sha, data), session_id()))
-    return results, keys
+    return results, keys, analysis_keys
 
 
 def show_timings(results: list[tuple[Analysis, bool]], device: str) -> None:
@@ -94,12 +98,13 @@ def show_timings(results: list[tuple[Analysis, bool]], device: str) -> None:
 
 @st.fragment
 def explore(results: list[Analysis], keys: list[str], models: list[torch.nn.Module],
-            opts: dict, data_sha: str, name: str, data: bytes) -> None:
+            opts: dict, data_sha: str, name: str, data: bytes,
+            analysis_keys: list[AnalysisKey]) -> None:
     """Display settings and the open view; every widget here reruns only this fragment.
 
     A fragment rerun does not pass through ``main``'s error handling, so it has its own.
     """
-    guarded(lambda: _explore(results, keys, models, opts, data_sha, name, data))
+    guarded(lambda: _explore(results, keys, models, opts, data_sha, name, data, analysis_keys))
 
 
 def _style() -> dict:
@@ -119,7 +124,8 @@ def _style() -> dict:
 
 
 def _explore(results: list[Analysis], keys: list[str], models: list[torch.nn.Module],
-             opts: dict, data_sha: str, name: str, data: bytes) -> None:
+             opts: dict, data_sha: str, name: str, data: bytes,
+             analysis_keys: list[AnalysisKey]) -> None:
     style = _style()
     pics = Pictures(results, keys, style)
     attention = any(r.kind.has_attention for r in results)
@@ -137,10 +143,12 @@ def _explore(results: list[Analysis], keys: list[str], models: list[torch.nn.Mod
     LOG.debug("render view %s", shown[0] if shown else VIEWS[0])
     draw: dict[str, Callable[[], None]] = {
         "Compare models": lambda: view_compare(results, pics),
-        "Inside attention": lambda: view_inside(results, pics, block(attention)),
+        "Inside attention": lambda: view_inside(results, pics, block(attention), models,
+                                                analysis_keys),
         "Attention shapes": lambda: view_attention_shapes(results, block(attention)),
         "Explain SimAM": lambda: view_explain(results, models, keys, image,
                                               block(simam is not None), pics),
+        "What SimAM adds": lambda: view_interventions(results, models, keys, image, style),
         "Channels": lambda: view_channels(results, block(attention)),
         "Trust": lambda: view_trust(results, models, keys, image, choose_block(),
                                     opts["method"], style),
@@ -179,7 +187,7 @@ def main() -> None:
         return
     opts = analysis_settings(models, items)
     sha = image_sha256(data)
-    results, keys = run(items, models, data, sha, device, opts)
+    results, keys, analysis_keys = run(items, models, data, sha, device, opts)
     if fresh_upload:
         st.session_state["_last_upload"] = (data, name)  # analysed fine: worth keeping
         mark_upload(sha)
@@ -191,7 +199,7 @@ def main() -> None:
     shown_name = name.replace("`", "'")
     st.caption(f"Image: `{shown_name}`")
     show_timings(results, device)
-    explore(res, keys, models, opts, sha, name, data)
+    explore(res, keys, models, opts, sha, name, data, analysis_keys)
 
 
 def guarded(body: Callable[[], None]) -> None:

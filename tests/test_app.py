@@ -74,8 +74,9 @@ def test_page_shows_every_view_and_only_the_open_one(app) -> None:
     captions = _captions(app)
     assert any(c.startswith("Device **cpu**") for c in captions)
     assert [t.label for t in app.tabs] == ["Compare models", "Inside attention",
-                                          "Attention shapes", "Explain SimAM", "Channels",
-                                          "Trust", "Export", "About"]
+                                          "Attention shapes", "Explain SimAM",
+                                          "What SimAM adds", "Channels", "Trust", "Export",
+                                          "About"]
     assert any("1. " in m.value for m in app.markdown)  # top-5 lists
     assert _downloads(app) == []  # the Export view is not open: nothing of it is built
     _open(app, "Inside attention")

@@ -275,3 +275,41 @@ def test_explain_simam_click_a_neuron_and_trust_check(server: str, browser) -> N
     assert "Traceback" not in page.content()
     _shot(page, "trust")
     context.close()
+
+
+def test_what_simam_adds_runs_on_a_click_and_exports_its_numbers(server: str, browser) -> None:
+    """What SimAM adds: nothing runs until the button; then each attention model's numbers,
+    its Grad-CAM before and after, the per-block bars and SimAM's λ charts appear, and the
+    JSON download holds the numbers the page shows."""
+    import json
+
+    context, page = open_session(browser, server)
+    upload(page, "dog.png", DEFAULT_EXAMPLE.read_bytes())
+    wait_images(page)
+    page.get_by_role("tab", name="What SimAM adds").click()
+    idle(page)
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 0
+    page.get_by_role("button", name="Run the interventions").click()
+    page.get_by_role("button", name="Their numbers (JSON)").wait_for(timeout=120_000)
+    idle(page)
+    charts = page.locator("[data-testid='stPlotlyChart'] .main-svg")
+    charts.nth(2).wait_for(timeout=60_000)  # per-block bars, SimAM's sweep and regime
+    _settle(page)
+    assert page.get_by_role("button", name="Run the interventions").count() == 0
+    metrics = page.locator("[data-testid='stMetric']").filter(
+        has_text="p(target) after")
+    assert metrics.count() == 2  # SE and SimAM; the plain ResNet-50 has nothing to change
+    shown = metrics.all_inner_texts()  # before the click, whose rerun redraws the page
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Their numbers (JSON)").click()
+    report = json.loads(Path(info.value.path()).read_text(encoding="utf-8"))
+    assert len(report["interventions"]) == 2 and len(report["lambda_sweeps"]) == 1
+    for text, entry in zip(shown, report["interventions"], strict=True):
+        assert f"{entry['prob']:.3f}" in text, (text, entry)
+        assert f"{entry['prob_change']:+.3f} from {entry['prob_ref']:.3f}" in text, (text, entry)
+        assert entry["mode"] == "identity" and len(entry["per_block_change"]) == 16
+    assert "Traceback" not in page.content()
+    page.get_by_role("heading", name="What SimAM adds").evaluate(
+        "e => e.scrollIntoView({block: 'start'})")  # the numbers and maps, in the shot
+    _shot(page, "interventions")
+    context.close()

@@ -159,7 +159,8 @@ def _mb_from_env(name: str, default_mb: float) -> int:
 # stops another visitor's page from being analysed.
 ESSENTIAL_WORK = frozenset({"analysis", "load", "decode"})
 # How a failure of each kind of work is named in its one-line message.
-WORK_LABELS = {"trust": "trust check", "recording": "SimAM recording", "export": "export"}
+WORK_LABELS = {"trust": "trust check", "recording": "SimAM recording", "export": "export",
+               "intervention": "intervention"}
 
 
 class Admission:
@@ -294,6 +295,7 @@ class Service:
             "analysis": ResultCache(cache_size, _mb_from_env("SIMAM_VIZ_CACHE_MB", 768),
                                     "analysis"),
             "trust": ResultCache(64, 64 * 2**20, "trust"),
+            "intervention": ResultCache(64, 64 * 2**20, "intervention"),
             "recording": ResultCache(8, 256 * 2**20, "recording"),
             "export": ResultCache(32, 128 * 2**20, "export"),
             "decode": ResultCache(16, 96 * 2**20, "decode"),
