@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
 .PHONY: audit install system-deps run test lint clean demo-weights evaluate-demo trust-study study-seeds \
-	seed-study intervention-study \
+	seed-study intervention-study consistency-study \
 	docker-smoke \
 	deploy-smoke
 
@@ -82,13 +82,20 @@ trust-study: install system-deps
 	OMP_NUM_THREADS=1 $(PY) scripts/trust_study.py --data build/scenes --limit 48 --jobs 2 \
 		--methods $(TRUST_METHODS)
 
-# The intervention study of issue 23 (simam-viz evaluate --interventions on the demo models with
+# The intervention study of docs/studies.md (simam-viz evaluate --interventions on the demo models with
 # attention, all 600 test scenes, forward passes only; ~0.8 s per scene and model on this CPU):
 # build/intervention_study/table.md and its CSVs. Resumes from the per-arch cache there.
 intervention-study: install system-deps
 	test -d build/scenes/test || $(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 \
 		--train 0 --val 0 --test 600
 	OMP_NUM_THREADS=1 $(PY) scripts/intervention_study.py --data build/scenes --jobs 2
+
+# Figure 6's consistency (docs/studies.md): Spearman of SimAM's channel-mean attention with the
+# Grad-CAM after SimAM, per block, against a shuffled null (another scene's attention).
+consistency-study: install system-deps
+	test -d build/scenes/test || $(VENV)/bin/simam-viz scenes build/scenes --seed 0 --size 128 \
+		--train 0 --val 0 --test 600
+	OMP_NUM_THREADS=1 $(PY) scripts/consistency_study.py --data build/scenes --jobs 2
 
 # Build the Docker image with podman and probe it (health, page, upload in a real browser).
 docker-smoke: install system-deps
