@@ -97,7 +97,8 @@ def test_readme_keeps_the_commands_and_links_every_page() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make run" in readme and "make test" in readme  # .ci/run runs `make test`
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert len(readme.splitlines()) <= 200
+    # an overview with the studies' headline tables; the rest lives in docs/
+    assert len(readme.splitlines()) <= 250
     index = set(links(ROOT / "docs" / "README.md"))
     pages = {p.name for p in PAGES if p.parent.name == "docs" and p.name != "README.md"}
     assert pages <= index, f"pages missing from docs/README.md: {sorted(pages - index)}"
