@@ -159,35 +159,38 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def baseline_differences(rows: Sequence[dict[str, Any]]) -> str:
-    """Each map's score minus its random map's on the same scenes, with the paired interval
-    (``bootstrap_interval(minus=...)``): is the map better than one that knows nothing?"""
+    """Each map's score minus each baseline map's on the same scenes, with the paired interval
+    (``bootstrap_interval(minus=...)``): is the map better than one that knows nothing (the
+    random map), and better than a centre prior (the centred Gaussian)?"""
     import numpy as np
 
     from simam_viz.studies.evaluation import bootstrap_interval
 
-    lines = ["| model | method | map | " + " | ".join(f"{t} − random" for _, t in
-                                                    FAITHFULNESS_COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(FAITHFULNESS_COLUMNS)]
+    lines = ["| model | map minus | " + " | ".join(t for _, t in FAITHFULNESS_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(FAITHFULNESS_COLUMNS)]
     for r in _ordered(rows):
         values = r.get("per_image", {})
         if r["where"] != "output" or "road_random" not in values:
             continue
-        cells = []
-        for field, _ in FAITHFULNESS_COLUMNS:
-            a = np.asarray(values[field], dtype=np.float64)
-            b = np.asarray(values[f"{field}_random"], dtype=np.float64)
-            both = np.isfinite(a) & np.isfinite(b)
-            lo, hi = bootstrap_interval(a, minus=b)
-            star = " *" if lo > 0 or hi < 0 else ""
-            cells.append(f"{float(np.mean(a[both] - b[both])):+.3f} [{lo:+.3f}, {hi:+.3f}]{star}")
-        lines.append(f"| {TITLES[r['arch']]} | {METHOD_TITLES[r['method']]} | "
-                     f"{_map_label(r)} | " + " | ".join(cells) + " |")
+        for kind, title in BASELINE_TITLES.items():
+            cells = []
+            for field, _ in FAITHFULNESS_COLUMNS:
+                a = np.asarray(values[field], dtype=np.float64)
+                b = np.asarray(values[f"{field}_{kind}"], dtype=np.float64)
+                both = np.isfinite(a) & np.isfinite(b)
+                lo, hi = bootstrap_interval(a, minus=b)
+                star = " *" if lo > 0 or hi < 0 else ""
+                cells.append(f"{float(np.mean(a[both] - b[both])):+.3f} "
+                             f"[{lo:+.3f}, {hi:+.3f}]{star}")
+            lines.append(f"| {TITLES[r['arch']]} ({METHOD_TITLES[r['method']]}) | {title} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def figure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Mean similarity to the trained model's map by cascade step, one line per model, with
-    its 95 % bootstrap band (Grad-CAM, layer4.2 output; flat maps left out of a step's mean)."""
+    its 95 % bootstrap band (Grad-CAM, layer4.2 output; a flat map counts as Spearman and HOG
+    0, SSIM as computed, the library's rule)."""
     import matplotlib
 
     matplotlib.use("Agg")
