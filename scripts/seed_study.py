@@ -14,7 +14,9 @@ the report says so.
 Each (seed, arch) pair is one job in a process of its own with one torch thread (as
 ``scripts/trust_study.py``: two single-threaded processes keep a shared 2-core CPU busy); its
 rows, per-image values included, are kept in ``OUT/seed<S>-<arch>-n<limit>.json``, so a rerun
-after another seed finished only scores the new seed.
+after another seed finished only scores the new seed. Seeds 1 and up also leave their rows in
+``docs/study/seed_rows/`` (committed, about 1 MB per seed), so a seed trained once joins every
+later report, on any machine, without its (unshipped) checkpoints.
 
 Usage::
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +61,23 @@ def seed_folders(root: Path = ROOT) -> dict[int, Path]:
         if all((final / f"{arch}.safetensors").is_file() for arch in ARCHS):
             found[int(final.parent.name)] = final
     return dict(sorted(found.items()))
+
+
+ROWS = ROOT / "docs" / "study" / "seed_rows"
+"""Every finished seed's per-image rows, committed (about 1 MB per seed): the trained seeds
+are not shipped and training one takes an hour and a half on this CPU, so a seed scored once
+joins every later report from its rows alone, on any machine."""
+
+
+def kept_seeds(rows: Path, limit: int | None, trust: bool) -> list[int]:
+    """Seeds (1 and up) whose rows for every arch are in ``rows``."""
+    seeds = set()
+    for path in rows.glob("seed*-resnet50-*.json"):
+        digits = path.name[len("seed"):].split("-", 1)[0]
+        if digits.isdigit() and int(digits) > 0 and all(
+                _cache(rows, int(digits), arch, limit, trust).is_file() for arch in ARCHS):
+            seeds.add(int(digits))
+    return sorted(seeds)
 
 
 def _cache(out: Path, seed: int, arch: str, limit: int | None, trust: bool) -> Path:
@@ -189,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="processes (one thread each)")
     parser.add_argument("--trust", action="store_true", help="add the faithfulness scores")
     parser.add_argument("--out", default=str(ROOT / "build" / "seed_study"))
+    parser.add_argument("--rows", default=str(ROWS),
+                        help="committed per-image rows of seeds 1 and up (read and written)")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
@@ -198,7 +220,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = seed_folders()
     if not (seeds[0] / "resnet50.safetensors").is_file():
         parser.error(f"{seeds[0]}: the shipped demo models are missing")
+    rows_dir = Path(args.rows)
+    for seed in kept_seeds(rows_dir, args.limit, args.trust):  # scored once, kept in git
+        seeds.setdefault(seed, rows_dir)
+        for arch in ARCHS:
+            cached = _cache(out, seed, arch, args.limit, args.trust)
+            if not cached.is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(_cache(rows_dir, seed, arch, args.limit, args.trust), cached)
+    seeds = dict(sorted(seeds.items()))
     run_jobs(seeds, args.data, args.limit, args.trust, out, args.jobs)
+    for seed in seeds:
+        if seed > 0 and seeds[seed] != rows_dir:
+            rows_dir.mkdir(parents=True, exist_ok=True)
+            for arch in ARCHS:
+                shutil.copyfile(_cache(out, seed, arch, args.limit, args.trust),
+                                _cache(rows_dir, seed, arch, args.limit, args.trust))
     by_seed = {s: load_rows(out, s, args.limit, args.trust) for s in seeds}
     diffs = {s: paired_differences(rows, "ResNet-50") for s, rows in by_seed.items()}
     n = by_seed[0][0]["images"]
