@@ -80,6 +80,19 @@ def kept_seeds(rows: Path, limit: int | None, trust: bool) -> list[int]:
     return sorted(seeds)
 
 
+def keep_rows(source: Path, target: Path) -> Path:
+    """Copy one job's rows into the committed folder, each scene named by its path relative
+    to its split folder's parent (``test/apple/000000.png``): no machine's paths in git, and
+    the three archs of a seed still line up scene by scene."""
+    document = json.loads(source.read_text(encoding="utf-8"))
+    for row in document["rows"]:
+        paths = row.get("per_image", {}).get("path")
+        if paths:
+            row["per_image"]["path"] = [str(Path(*Path(p).parts[-3:])) for p in paths]
+    target.write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
+    return target
+
+
 def _cache(out: Path, seed: int, arch: str, limit: int | None, trust: bool) -> Path:
     """One job's rows; subset size and trust columns are in the name, so they recompute."""
     return out / f"seed{seed}-{arch}-n{limit or 'all'}{'-trust' if trust else ''}.json"
@@ -234,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if seed > 0 and seeds[seed] != rows_dir:
             rows_dir.mkdir(parents=True, exist_ok=True)
             for arch in ARCHS:
-                shutil.copyfile(_cache(out, seed, arch, args.limit, args.trust),
-                                _cache(rows_dir, seed, arch, args.limit, args.trust))
+                keep_rows(_cache(out, seed, arch, args.limit, args.trust),
+                          _cache(rows_dir, seed, arch, args.limit, args.trust))
     by_seed = {s: load_rows(out, s, args.limit, args.trust) for s in seeds}
     diffs = {s: paired_differences(rows, "ResNet-50") for s, rows in by_seed.items()}
     n = by_seed[0][0]["images"]
