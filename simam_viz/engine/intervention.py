@@ -345,14 +345,16 @@ def intervene(
     timings: dict[str, float] = {}
     with model_lock(model), analysis_state(model, simam_lambda), torch.enable_grad():
         start = time.perf_counter()
-        p_ref, chosen_target, cam_ref = _gradcam_pass(model, x, cam_block, wanted)
+        with _keeping_inputs(model, per_block) as inputs:
+            p_ref, chosen_target, cam_ref = _gradcam_pass(model, x, cam_block, wanted)
         with intervened(model, chosen, mode):
             p, _, cam = _gradcam_pass(model, x, cam_block, chosen_target)
         timings["passes"] = time.perf_counter() - start
         table = None
         if per_block:
             start = time.perf_counter()
-            table = _effects(model, x, mode, {b: (b,) for b in chosen}, p_ref, chosen_target)
+            table = _effects(model, x, mode, {b: (b,) for b in chosen}, p_ref, chosen_target,
+                             inputs)
             timings["per_block"] = time.perf_counter() - start
         lam = _simam_lambda(model) if info.kind.has_lambda else None
     result = Intervention(
@@ -370,19 +372,18 @@ def intervene(
 
 
 def _effects(model: nn.Module, x: torch.Tensor, mode: str,
-             block_sets: Mapping[str, Sequence[str]], p_ref: torch.Tensor, target: int
-             ) -> dict[str, dict[str, float | int]]:
+             block_sets: Mapping[str, Sequence[str]], p_ref: torch.Tensor, target: int,
+             inputs: Mapping[str, torch.Tensor] | None) -> dict[str, dict[str, float | int]]:
     """Forward passes only: for each named set of blocks changed together, the target's
     probability, KL(p_ref || p) and the top-1 class. The caller holds the lock and state.
 
     Everything upstream of a set's first changed block is the reference run's, so where the
-    model's forward is torchvision's (:func:`_block_inputs`) each pass starts at the input that
-    block had in one reference pass instead of at the image: 16 blocks alone cost about half
-    of 16 whole passes. The numbers are the same modules on the same tensors, so the same.
+    reference pass kept each bottleneck's input (:func:`_keeping_inputs`) each pass starts at
+    the input its first changed block had instead of at the image: 16 blocks alone cost about
+    half of 16 whole passes. The numbers are the same modules on the same tensors, so the same.
     """
     table: dict[str, dict[str, float | int]] = {}
     with torch.no_grad():
-        inputs = _block_inputs(model, x)
         for name, blocks in block_sets.items():
             with intervened(model, blocks, mode):
                 if inputs is None:
@@ -395,32 +396,48 @@ def _effects(model: nn.Module, x: torch.Tensor, mode: str,
     return table
 
 
-def _block_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Each bottleneck's input in one plain forward pass, or None where a pass may not start
-    at a bottleneck: a forward other than torchvision's ResNet one, another block layout, or
-    hooks on the model or its stages that a shortened pass would skip."""
+def _can_start_at_a_block(model: nn.Module) -> bool:
+    """Whether a pass may start at a bottleneck: the forward is torchvision's ResNet one, the
+    block layout is [3, 4, 6, 3], and no hook on the model or its stages would be skipped."""
     forward = getattr(type(model), "_forward_impl", None)
     stages = [getattr(model, f"layer{i + 1}", None) for i in range(len(STAGE_BLOCKS))]
-    if (not isinstance(model, tv_resnet.ResNet)
-            or type(model).forward is not tv_resnet.ResNet.forward
-            or forward is not tv_resnet.ResNet._forward_impl
-            or any(not isinstance(stage, nn.Sequential) or len(stage) != n
-                   for stage, n in zip(stages, STAGE_BLOCKS, strict=True))
-            or any(m._forward_hooks or m._forward_pre_hooks for m in (model, *stages))):
-        return None
+    return (isinstance(model, tv_resnet.ResNet)
+            and type(model).forward is tv_resnet.ResNet.forward
+            and forward is tv_resnet.ResNet._forward_impl
+            and all(isinstance(stage, nn.Sequential) and len(stage) == n
+                    for stage, n in zip(stages, STAGE_BLOCKS, strict=True))
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in (model, *stages)))
+
+
+@contextmanager
+def _keeping_inputs(model: nn.Module, wanted: bool = True
+                    ) -> Iterator[dict[str, torch.Tensor] | None]:
+    """Within the block, the model's passes keep each bottleneck's input (detached), so the
+    reference pass the caller runs anyway also serves :func:`_effects`; yields None (and
+    hooks nothing) when not ``wanted`` or when a pass may not start at a block."""
+    if not wanted or not _can_start_at_a_block(model):
+        yield None
+        return
     inputs: dict[str, torch.Tensor] = {}
 
     def keep(block: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            inputs[block] = args[0]  # no block writes its input in place (only its own out)
+            inputs[block] = args[0].detach()  # no block writes its input in place
         return hook
 
     handles = [model.get_submodule(b).register_forward_pre_hook(keep(b)) for b in BLOCKS]
     try:
-        model(x)
+        yield inputs
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _block_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Each bottleneck's input in one plain forward pass, or None where a pass may not start
+    at a bottleneck (:func:`_can_start_at_a_block`)."""
+    with _keeping_inputs(model) as inputs, torch.no_grad():
+        model(x)
     return inputs
 
 
@@ -454,11 +471,12 @@ def intervention_effects(
     wanted = resolve_target(target, info.class_names)
     x, _ = prepare_input(image, info, next(model.parameters()).device)
     with model_lock(model), analysis_state(model, simam_lambda), torch.no_grad():
-        p_ref = _probabilities(model(x))
+        with _keeping_inputs(model) as inputs:
+            p_ref = _probabilities(model(x))
         chosen = int(p_ref.argmax()) if wanted is None else wanted
         table = {"reference": {"prob": float(p_ref[chosen]), "kl": 0.0,
                                "top1": int(p_ref.argmax()), "target": chosen}}
-        table.update(_effects(model, x, mode, checked, p_ref, chosen))
+        table.update(_effects(model, x, mode, checked, p_ref, chosen, inputs))
     return table
 
 
