@@ -318,10 +318,28 @@ def test_model_cache_loads_each_key_once_and_is_bounded() -> None:
     cache = ModelCache(capacity=2)
     loads: list[str] = []
 
+    class CountingLock:
+        """The key's lock, counting the sessions that reached it."""
+
+        def __init__(self) -> None:
+            self._lock, self._count, self.reached = threading.Lock(), threading.Lock(), 0
+
+        def __enter__(self) -> None:
+            with self._count:
+                self.reached += 1
+            self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
+
+    key_lock = cache._key_locks[("a", 1)] = CountingLock()
+
     def loader(name: str):
         def load():
             loads.append(name)
-            time.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while name == "a" and key_lock.reached < 4 and time.monotonic() < deadline:
+                time.sleep(0.001)  # the first load ends only once all four sessions wait on it
             return torch.nn.Linear(1, 1)
         return load
 
@@ -330,6 +348,7 @@ def test_model_cache_loads_each_key_once_and_is_bounded() -> None:
         t.start()
     for t in threads:
         t.join()
+    assert key_lock.reached == 4  # all four were in get() while the first load ran
     assert loads == ["a"]  # four sessions asked at once: one load
     first = cache.get(("a", 1), loader("a"))
     cache.get(("b", 1), loader("b"))
