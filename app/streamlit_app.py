@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # app/ modules (views, sidebar...)
 
+from chart_preload import preload_chart_library  # noqa: E402
 from input import decoded, mark_upload, read_input, rerun_on_reconnect  # noqa: E402
 from logs import setup_logging  # noqa: E402
 from screen import Pictures  # noqa: E402
@@ -216,3 +217,4 @@ def guarded(body: Callable[[], None]) -> None:
 
 setup_logging()
 guarded(main)
+guarded(preload_chart_library)  # last: after everything the visitor sees

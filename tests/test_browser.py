@@ -137,6 +137,25 @@ def test_upload_browse_download_and_recover(server: str, browser) -> None:
     context.close()
 
 
+def test_chart_library_loads_before_any_chart_view_opens(server: str, browser) -> None:
+    """The first chart view need not wait for Streamlit's plotly chunk (app/chart_preload)."""
+    context, page = open_session(browser, server)
+    wait_images(page)
+    page.wait_for_function(  # fetched and run by the idle-time import, no chart on the page
+        "() => performance.getEntriesByType('resource')"
+        ".some(e => /\\/PlotlyChart\\.[^\\/]+\\.js$/.test(e.name))", timeout=30_000)
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 0
+    assert page.evaluate("() => window.__simamVizChartsPreloaded") is True
+    # then a chart view draws at once: no second fetch of the chunk
+    page.get_by_role("tab", name="Attention shapes").click()
+    idle(page)
+    page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=60_000)
+    fetched = page.evaluate("() => performance.getEntriesByType('resource')"
+                            ".filter(e => e.name.includes('/PlotlyChart.')).length")
+    assert fetched == 1
+    context.close()
+
+
 def test_two_sessions_get_their_own_results(server: str, browser) -> None:
     (ca, a), (cb, b) = open_session(browser, server), open_session(browser, server)
     data_a, data_b = png_bytes(10, (200, 150)), png_bytes(11, (150, 200))
