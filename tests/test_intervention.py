@@ -335,16 +335,16 @@ def test_effects_per_block_set_match_intervene(models) -> None:
 def test_block_alone_passes_from_cached_inputs_equal_whole_passes(models) -> None:
     """The shortened passes (from a block's cached input) give the whole passes' numbers; a
     hook on the model makes ``_effects`` fall back to whole passes, which must agree."""
-    from simam_viz.engine.intervention import _block_inputs, intervention_effects
+    from simam_viz.engine.intervention import _can_start_at_a_block, intervention_effects
 
     model = models["simam_resnet50"]
     x = _image(12)
     sets = {b: (b,) for b in attention_blocks(model)}
-    assert _block_inputs(model, x) is not None
+    assert _can_start_at_a_block(model)
     fast = intervention_effects(model, x, mode="spatial_mean", block_sets=sets)
     handle = model.register_forward_hook(lambda *args: None)
     try:
-        assert _block_inputs(model, x) is None
+        assert not _can_start_at_a_block(model)
         slow = intervention_effects(model, x, mode="spatial_mean", block_sets=sets)
     finally:
         handle.remove()

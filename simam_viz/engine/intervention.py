@@ -433,14 +433,6 @@ def _keeping_inputs(model: nn.Module, wanted: bool = True
             handle.remove()
 
 
-def _block_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Each bottleneck's input in one plain forward pass, or None where a pass may not start
-    at a bottleneck (:func:`_can_start_at_a_block`)."""
-    with _keeping_inputs(model) as inputs, torch.no_grad():
-        model(x)
-    return inputs
-
-
 def _forward_from(model: nn.Module, first: str, h: torch.Tensor) -> torch.Tensor:
     """torchvision's ``ResNet._forward_impl`` from bottleneck ``first``'s input ``h`` on."""
     for block in BLOCKS[BLOCKS.index(first):]:
